@@ -1,0 +1,168 @@
+"""Per-record conversion and an ordered, bounded, parallel map over records.
+
+Workers convert whole trajectories (read, stage 1, stage 2, every role, encoded output); the
+parent process only writes the results in input order. The output is therefore the same
+whatever the number of workers, and at most ``window`` results are in memory at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from process_data.jsonio import indent_json
+from process_data.protocol import PROMPT_TEMPLATES, ROLES, fill_tools, render_tool_docs
+from process_data.toolbench.formats import encode_role_steps
+from process_data.toolbench.records import RecordError, Reject
+from process_data.toolbench.roles import build_role_steps
+from process_data.toolbench.stage1 import AnswerFile, excluded_by, read_answer, to_stage1
+from process_data.toolbench.stage2 import to_stage2
+
+
+@dataclass(frozen=True)
+class Options:
+    """Settings shared by every record of a run (picklable, sent to the workers once)."""
+
+    compat: bool = False
+    fmt: str = "alpha_umi"
+    roles: tuple[str, ...] = ROLES
+    prompt_types: dict[str, str] = field(default_factory=dict)
+    test_ids: dict[str, set[str]] = field(default_factory=dict)
+    stages: tuple[str, ...] = ("stage1", "stage2", "roles")
+
+    def prompt_type(self, role: str) -> str:
+        return self.prompt_types.get(role) or f"toolbench_{role}"
+
+
+@dataclass
+class Result:
+    """What one input record produced, in output order."""
+
+    file: str
+    record: str
+    excluded: bool = False
+    stage1: str | None = None
+    stage2: str | None = None
+    roles: dict[str, list[Any]] = field(default_factory=dict)
+    last_input: str | None = None  # compat backbone: see roles.StaleInput
+    rejects: list[Reject] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[Reject]:
+        return [r for r in self.rejects if r.kind == "rejected"]
+
+
+def convert_roles(record: dict, result: Result, opts: Options) -> None:
+    """Build and encode every requested role of one stage-2 record into ``result``."""
+    tools, conversations = record.get("tools"), record.get("conversations")
+    encoders: dict = {}
+    docs = None
+    for role in opts.roles:
+        try:
+            if docs is None and isinstance(tools, list):
+                docs = render_tool_docs(tools)
+            prompt = PROMPT_TEMPLATES[opts.prompt_type(role)]
+            steps = build_role_steps(
+                role,
+                record,
+                opts.compat,
+                tool_prompt=fill_tools(prompt, tools, docs) if docs else None,  # type: ignore
+            )
+        except (RecordError, KeyError, TypeError) as exc:
+            reason = str(exc) if isinstance(exc, RecordError) else f"malformed record ({exc!r})"
+            result.rejects.append(Reject(result.file, result.record, role, reason))
+            continue
+        for index, reason in steps.skipped:
+            result.rejects.append(
+                Reject(result.file, result.record, role, reason, step=index, kind="skipped")
+            )
+        result.roles[role] = encode_role_steps(
+            opts.fmt,
+            steps,
+            result.record,
+            tools,
+            conversations,
+            encoders,  # type: ignore
+        )
+        if role == "backbone":
+            result.last_input = steps.last_input
+
+
+def from_stage2(record: Any, result: Result, opts: Options) -> Result:
+    convert_roles(record, result, opts)
+    return result
+
+
+def from_stage1(record: Any, result: Result, opts: Options) -> Result:
+    try:
+        stage2 = to_stage2(record, opts.compat)
+    except RecordError as exc:
+        result.rejects.append(Reject(result.file, result.record, "stage2", str(exc)))
+        return result
+    if "stage2" in opts.stages:
+        result.stage2 = indent_json(stage2, 1)
+    if "roles" in opts.stages:
+        convert_roles(stage2, result, opts)
+    return result
+
+
+def from_answer(answer: AnswerFile, opts: Options) -> Result:
+    """Run one answer file through every requested stage."""
+    result = Result(answer.path, answer.query_id)
+    if opts.test_ids and excluded_by(answer, opts.test_ids, per_group=not opts.compat):
+        reason = f"query id {answer.query_id} is a test query" + (
+            f" of {answer.group}" if not opts.compat and answer.group else ""
+        )
+        result.rejects.append(
+            Reject(answer.path, answer.query_id, "stage1", reason, kind="excluded")
+        )
+        result.excluded = True
+        return result
+    try:
+        stage1 = to_stage1(read_answer(answer.path), opts.compat)
+    except RecordError as exc:
+        result.rejects.append(Reject(answer.path, answer.query_id, "stage1", str(exc)))
+        return result
+    if "stage1" in opts.stages:
+        result.stage1 = indent_json(stage1, 1)
+    if "stage2" in opts.stages or "roles" in opts.stages:
+        from_stage1(stage1, result, opts)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Ordered parallel map
+# --------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def ordered_map(
+    func: Callable[[T, Options], R],
+    items: Iterable[T],
+    opts: Options,
+    num_workers: int = 1,
+    window: int | None = None,
+) -> Iterator[R]:
+    """``func(item, opts)`` for each item, in input order, with ``num_workers`` processes.
+
+    At most ``window`` items are in flight, so memory does not grow with the input size.
+    ``func`` must be a module-level function so that it can be sent to the workers.
+    """
+    if num_workers <= 1:
+        for item in items:
+            yield func(item, opts)
+        return
+    window = window or num_workers * 8
+    with multiprocessing.get_context().Pool(num_workers) as pool:
+        pending: collections.deque = collections.deque()
+        for item in items:
+            pending.append(pool.apply_async(func, (item, opts)))
+            if len(pending) >= window:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()

@@ -1,0 +1,41 @@
+"""Shared fixtures: the real public data beside the repository, and CLI helpers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+ALPHA_UMI = SHARED / "alpha_umi"
+TOOLBENCH_EXAMPLE = SHARED / "toolbench" / "data_example"
+STB_ANSWERS = SHARED / "stabletoolbench" / "data_example" / "answer"
+SAMPLE = REPO / "data" / "toolbench_sample"
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"{SHARED} is missing: the tests read the public sample data from there")
+    return SHARED
+
+
+@pytest.fixture
+def answers_copy(tmp_path: Path, shared: Path) -> Path:
+    """A writable ToolBench data folder holding the 15 real DFS answers."""
+    dest = tmp_path / "toolbench"
+    shutil.copytree(TOOLBENCH_EXAMPLE / "answer", dest / "answer")
+    return dest
+
+
+def read_json(path: Path):
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def read_jsonl(path: Path) -> list:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
