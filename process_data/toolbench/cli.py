@@ -173,8 +173,12 @@ def iter_array_items(paths: Sequence[str]) -> Iterator[ArrayItem]:
             yield ArrayItem(path, 0, error=f"cannot read file ({exc.strerror})")
 
 
+def _new_result(item: ArrayItem) -> Result:
+    return Result(item.file, str(item.index), f"{Path(item.file).name}:{item.index}")
+
+
 def _item_result(item: ArrayItem, stage: str) -> Result | None:
-    result = Result(item.file, str(item.index))
+    result = _new_result(item)
     if item.error is not None:
         result.rejects.append(Reject(item.file, str(item.index), stage, item.error))
         return result
@@ -183,9 +187,7 @@ def _item_result(item: ArrayItem, stage: str) -> Result | None:
 
 def stage1_item(item: ArrayItem, opts: Options) -> Result:
     """A stage-1 record through stage 2 (and the roles, when asked)."""
-    return _item_result(item, "stage2") or from_stage1(
-        item.record, Result(item.file, str(item.index)), opts
-    )
+    return _item_result(item, "stage2") or from_stage1(item.record, _new_result(item), opts)
 
 
 def stage2_item(item: ArrayItem, opts: Options) -> Result:
@@ -193,7 +195,7 @@ def stage2_item(item: ArrayItem, opts: Options) -> Result:
     failed = _item_result(item, opts.roles[0])
     if failed is not None:
         return failed
-    return from_stage2(item.record, Result(item.file, str(item.index)), opts)
+    return from_stage2(item.record, _new_result(item), opts)
 
 
 # --------------------------------------------------------------------------------------------

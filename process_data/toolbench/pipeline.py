@@ -43,6 +43,7 @@ class Result:
 
     file: str
     record: str
+    uid: str = ""  # unique across the run (sample ids of the chat format)
     excluded: bool = False
     stage1: str | None = None
     stage2: str | None = None
@@ -82,7 +83,7 @@ def convert_roles(record: dict, result: Result, opts: Options) -> None:
         result.roles[role] = encode_role_steps(
             opts.fmt,
             steps,
-            result.record,
+            result.uid or result.record,
             tools,
             conversations,
             encoders,  # type: ignore
@@ -111,7 +112,10 @@ def from_stage1(record: Any, result: Result, opts: Options) -> Result:
 
 def from_answer(answer: AnswerFile, opts: Options) -> Result:
     """Run one answer file through every requested stage."""
-    result = Result(answer.path, answer.query_id)
+    stem = answer.name.removesuffix(".json")
+    result = Result(
+        answer.path, answer.query_id, f"{answer.group}/{stem}" if answer.group else stem
+    )
     if opts.test_ids and excluded_by(answer, opts.test_ids, per_group=not opts.compat):
         reason = f"query id {answer.query_id} is a test query" + (
             f" of {answer.group}" if not opts.compat and answer.group else ""
