@@ -14,17 +14,20 @@ py=${PYTHON:-python3}
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 
-stamp="$venv/.setup-$(cat requirements*.txt pyproject.toml | sha256sum | cut -c1-16)-$(basename "$req" .txt)"
-if [ -f "$stamp" ]; then
+hash=$(cat requirements*.txt pyproject.toml | sha256sum | cut -c1-16)
+stamp="$venv/.setup-$hash-$(basename "$req" .txt)"
+# done already, at this level or with the test tools (which include the runtime)
+if [ -f "$stamp" ] || [ -f "$venv/.setup-$hash-requirements-dev" ]; then
   exit 0
 fi
 
 # torch first: without CUDA take the CPU build, so that no later requirement pulls a CUDA build.
 if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   torch_pin=$(grep -E '^torch==' requirements.txt)
-  # On a machine without CUDA, pip finds the CPU wheel of this pin locally (see README);
-  # on a CUDA machine, install the torch build you want before running this script.
-  "${pip[@]}" install "$torch_pin"
+  # Where a CPU wheel of this pin is on the pip path (find-links), pip takes it. Elsewhere set
+  # TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cpu), or install the torch build you
+  # want into .venv before running this script: an importable torch is kept.
+  "${pip[@]}" install "$torch_pin" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 fi
 "${pip[@]}" install -r "$req"
 "${pip[@]}" install --no-deps -e .

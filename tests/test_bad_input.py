@@ -223,6 +223,9 @@ def test_fuzz_counts_reconcile(tmp_path: Path, shared) -> None:
         )
         assert code in (0, 3)
         outs[workers] = check_reconciled(out, n)
+        # every problem was foreseen and explained, none caught as an unexpected exception
+        reasons = [r["reason"] for r in read_jsonl(out / "rejects.jsonl")]
+        assert not [r for r in reasons if r.startswith("malformed record")]
     assert outs[1]["rejected"] > n // 4  # the mutations do break things
     assert outs[1]["kept"] > 0
 

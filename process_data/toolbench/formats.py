@@ -16,14 +16,13 @@ from process_data.jsonio import encode_list_items, encode_str, indent_json
 from process_data.protocol import (
     ASSISTANT,
     CALLER,
-    CONCLUSION,
     OBSERVATION,
     USER,
+    format_backbone,
     parse_action,
-    parse_plan,
     strip_marker,
 )
-from process_data.toolbench.roles import RoleSteps, Step
+from process_data.toolbench.roles import RoleSteps, Step, backbone_decision
 
 FORMATS = ("alpha_umi", "chat")
 
@@ -157,41 +156,27 @@ class ChatEncoder:
     def _backbone_messages(self) -> list[tuple[int, dict]]:
         """``(first turn index, message)`` pairs of the single-agent view."""
         if self._backbone is None:
-            conv, out, k = self.conversations, [], 0
-            last_call = None
+            conv, multi, out, k = self.conversations, self._multi_messages(), [], 0
             while k < len(conv):
-                speaker, value = conv[k]["from"], conv[k]["value"]
-                if speaker == ASSISTANT:
-                    _, decision = parse_plan(value)
-                    span = strip_marker(value, decision) if decision else value
-                    nxt = conv[k + 1] if k + 1 < len(conv) else None
-                    if decision == "caller" and nxt and nxt["from"] == CALLER:
-                        message = self._call_message(k + 1, nxt["value"])
-                        message["content"] = span
-                        last_call = f"call_{k + 1}"
-                        out.append((k, message))
-                        k += 2
-                        continue
-                    if decision == "conclusion" and nxt and nxt["from"] == CONCLUSION:
-                        out.append(
-                            (
-                                k,
-                                {
-                                    "role": "assistant",
-                                    "content": span + "\nconclusion: " + nxt["value"],
-                                },
-                            )
-                        )
-                        k += 2
-                        continue
-                    if decision == "give up":
-                        span += "\nconclusion: give up."
-                    out.append((k, {"role": "assistant", "content": span}))
-                elif speaker == USER:
-                    out.append((k, {"role": "user", "content": value}))
-                elif speaker == OBSERVATION:
-                    out.append((k, {"role": "tool", "tool_call_id": last_call, "content": value}))
-                k += 1
+                if conv[k]["from"] != ASSISTANT:
+                    out.append((k, multi[k]))  # user and tool messages are the same
+                    k += 1
+                    continue
+                plan = conv[k]["value"]
+                decision = backbone_decision(conv, k)
+                follow = conv[k + 1]["value"] if decision in ("caller", "conclusion") else None
+                if decision == "caller":
+                    message = self._call_message(k + 1, follow)  # type: ignore[arg-type]
+                    message["content"] = strip_marker(plan, decision)
+                elif decision is not None:
+                    message = {
+                        "role": "assistant",
+                        "content": format_backbone(plan, decision, follow),
+                    }
+                else:
+                    message = {"role": "assistant", "content": plan}
+                out.append((k, message))
+                k += 2 if follow is not None else 1
             self._backbone = out
         return self._backbone
 

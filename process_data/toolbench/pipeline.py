@@ -56,6 +56,14 @@ class Result:
         return [r for r in self.rejects if r.kind == "rejected"]
 
 
+def reason_of(exc: Exception) -> str:
+    """The rejects-report reason. Anything but a :class:`RecordError` is a shape of input the
+    converters did not foresee: it is still reported per record rather than stopping the run."""
+    if isinstance(exc, RecordError):
+        return str(exc)
+    return f"malformed record ({type(exc).__name__}: {exc})"
+
+
 def convert_roles(record: dict, result: Result, opts: Options) -> None:
     """Build and encode every requested role of one stage-2 record into ``result``."""
     tools, conversations = record.get("tools"), record.get("conversations")
@@ -72,9 +80,8 @@ def convert_roles(record: dict, result: Result, opts: Options) -> None:
                 opts.compat,
                 tool_prompt=fill_tools(prompt, tools, docs) if docs else None,  # type: ignore
             )
-        except (RecordError, KeyError, TypeError) as exc:
-            reason = str(exc) if isinstance(exc, RecordError) else f"malformed record ({exc!r})"
-            result.rejects.append(Reject(result.file, result.record, role, reason))
+        except Exception as exc:
+            result.rejects.append(Reject(result.file, result.record, role, reason_of(exc)))
             continue
         for index, reason in steps.skipped:
             result.rejects.append(
@@ -83,7 +90,7 @@ def convert_roles(record: dict, result: Result, opts: Options) -> None:
         result.roles[role] = encode_role_steps(
             opts.fmt,
             steps,
-            result.uid or result.record,
+            result.uid,
             tools,
             conversations,
             encoders,  # type: ignore
@@ -100,8 +107,8 @@ def from_stage2(record: Any, result: Result, opts: Options) -> Result:
 def from_stage1(record: Any, result: Result, opts: Options) -> Result:
     try:
         stage2 = to_stage2(record, opts.compat)
-    except RecordError as exc:
-        result.rejects.append(Reject(result.file, result.record, "stage2", str(exc)))
+    except Exception as exc:
+        result.rejects.append(Reject(result.file, result.record, "stage2", reason_of(exc)))
         return result
     if "stage2" in opts.stages:
         result.stage2 = indent_json(stage2, 1)
@@ -127,8 +134,8 @@ def from_answer(answer: AnswerFile, opts: Options) -> Result:
         return result
     try:
         stage1 = to_stage1(read_answer(answer.path), opts.compat)
-    except RecordError as exc:
-        result.rejects.append(Reject(answer.path, answer.query_id, "stage1", str(exc)))
+    except Exception as exc:
+        result.rejects.append(Reject(answer.path, answer.query_id, "stage1", reason_of(exc)))
         return result
     if "stage1" in opts.stages:
         result.stage1 = indent_json(stage1, 1)

@@ -148,15 +148,21 @@ def _summarizer(conv: list[dict], prompt: str, out: RoleSteps) -> None:
             history += _plain_history(speaker, value)
 
 
+def backbone_decision(conv: list[dict], i: int) -> str | None:
+    """What the backbone does at planner turn ``i``, decided as α-UMi's script does: a give-up
+    marker anywhere in the turn, else the speaker of the next turn."""
+    if NEXT_GIVE_UP in conv[i]["value"]:
+        return "give up"
+    nxt = _next_speaker(conv, i)
+    return nxt if nxt in (CALLER, CONCLUSION) else None
+
+
 def _backbone(conv: list[dict], prompt: str, out: RoleSteps, compat: bool) -> None:
     history = ""
     for i, turn in enumerate(conv):
         speaker, value = turn["from"], turn["value"]
         if speaker == ASSISTANT:
-            nxt = _next_speaker(conv, i)
-            decision = (
-                "give up" if NEXT_GIVE_UP in value else nxt if nxt in (CALLER, CONCLUSION) else None
-            )
+            decision = backbone_decision(conv, i)
             span = value
             if decision is not None:
                 follow = conv[i + 1]["value"] if decision != "give up" else None
