@@ -200,3 +200,12 @@ def test_bundled_sample_covers_every_shape(tmp_path: Path) -> None:
     stage2 = read_json(tmp_path / "raw_data" / "raw_data_stage_2.json")
     users = [t for r in stage2 for t in r["conversations"][1:] if t["from"] == "user"]
     assert users, "a DFS diversity prompt appears as a later user turn"
+
+
+def test_reader_accepts_what_json_accepts(tmp_path: Path) -> None:
+    """The fast reader falls back to json's rules: NaN, huge integers, lone surrogates."""
+    path = tmp_path / "a.json"
+    path.write_text('{"tree": {"x": NaN, "y": 100000000000000000000000, "z": "\\ud800"}, "k": 1}')
+    assert read_answer(str(path)) == json.loads(path.read_text(), parse_constant=None) | {}
+    data = read_answer(str(path))
+    assert data["tree"]["y"] == 10**23 and data["tree"]["z"] == "\ud800"

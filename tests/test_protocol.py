@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import string
 
@@ -13,6 +14,7 @@ from process_data.protocol import (
     PROMPT_TEMPLATES,
     Turn,
     build_prompt,
+    fill_tools,
     format_action,
     format_backbone,
     format_plan,
@@ -21,10 +23,12 @@ from process_data.protocol import (
     parse_history,
     parse_plan,
     parse_tool_docs,
+    prompt_suffix,
     render_history,
     render_tool_docs,
     render_turn,
 )
+from process_data.toolbench.roles import RolePrompt
 
 RNG = random.Random(1234)
 ALPHABET = string.ascii_letters + string.digits + " .,:;{}[]\"'\n\t!?-_/ü€"
@@ -140,3 +144,27 @@ def test_templates_have_their_placeholders() -> None:
         assert "{history}" in template
         assert ("{thought}" in template) == name.endswith("caller")
         assert ("{doc}" in template) == (not name.endswith("summarizer"))
+
+
+FRAGMENTS = ["{thought}", "{history}", "{tho", "ught}", "{", "}", "thought", "a", "é", "\n", '"']
+
+
+def _fragmented(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(0, n)))
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_role_prompt_encoding_equals_json_dumps(seed: int) -> None:
+    """The piecewise encoding equals encoding the literally filled prompt, placeholders in the
+    tools or the history included."""
+    rng = random.Random(seed)
+    role = rng.choice(["backbone", "planner", "caller", "summarizer"])
+    tools = [{"Name": _fragmented(rng, 3), "function": _fragmented(rng, 4), "input": {}}]
+    prompt = RolePrompt(
+        fill_tools(PROMPT_TEMPLATES[f"toolbench_{role}"], tools), prompt_suffix(role)
+    )
+    history = ""
+    for _ in range(6):  # a growing history, as the role builders make it
+        history += _fragmented(rng, 6)
+        thought = _fragmented(rng, 4) if role == "caller" else None
+        assert prompt.encoded(history, thought) == json.dumps(prompt.text(history, thought))

@@ -8,7 +8,10 @@ stopped at a problem), 2 usage error.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -17,14 +20,13 @@ from typing import Any
 
 from process_data.jsonio import (
     JsonArrayError,
-    JsonArrayWriter,
     JsonlWriter,
-    encode_str,
     iter_json_array,
     write_json_atomic,
 )
 from process_data.protocol import PROMPT_TEMPLATES, ROLES
 from process_data.toolbench.formats import FORMATS
+from process_data.toolbench.outputs import Outputs, make_batches, process_batch
 from process_data.toolbench.pipeline import (
     Options,
     Result,
@@ -34,7 +36,6 @@ from process_data.toolbench.pipeline import (
     ordered_map,
 )
 from process_data.toolbench.records import Reject
-from process_data.toolbench.roles import StaleInput
 from process_data.toolbench.stage1 import find_answer_files, load_test_ids
 
 EXIT_CLEAN, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
@@ -107,7 +108,7 @@ class Tally:
                     all_roles = False
                 else:
                     count.kept += 1
-                    count.samples += len(result.roles.get(role, ()))
+                    count.samples += result.samples.get(role, 0)
         self.kept += all_roles
 
     def summary(self) -> dict[str, Any]:
@@ -203,40 +204,25 @@ def stage2_item(item: ArrayItem, opts: Options) -> Result:
 # --------------------------------------------------------------------------------------------
 
 
-class Outputs:
-    """The writers of one run; all are committed together, or all discarded."""
+SHARDS_PREFIX = ".partial-shards-"
 
-    def __init__(self, paths: dict[str, Path], fmt: str, roles: Sequence[str]):
-        self.writers: dict[str, Any] = {}
-        for name, path in paths.items():
-            chat = name in roles and fmt == "chat"
-            self.writers[name] = JsonlWriter(path) if chat else JsonArrayWriter(path)
-        self.paths = paths
-        self.stale = StaleInput()
 
-    def write(self, result: Result) -> None:
-        for stage in ("stage1", "stage2"):
-            text = getattr(result, stage)
-            if text is not None and stage in self.writers:
-                self.writers[stage].write_encoded(text)
-        for role, samples in result.roles.items():
-            writer = self.writers[role]
-            for sample in samples:
-                if isinstance(sample, tuple):  # a compat give-up waiting for α-UMi's prompt
-                    head, tail, step = sample
-                    self.stale.fill(step)
-                    sample = head + encode_str(step.input) + tail
-                writer.write_encoded(sample)
-            if role == "backbone" and result.last_input is not None:
-                self.stale.value = result.last_input
+def remove_dead_shards(folder: Path) -> None:
+    """Remove shard folders left by runs that were killed (their process is gone)."""
+    for path in folder.glob(SHARDS_PREFIX + "*"):
+        pid = path.name[len(SHARDS_PREFIX) :].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
 
-    def commit(self) -> None:
-        for writer in self.writers.values():
-            writer.commit()
 
-    def discard(self) -> None:
-        for writer in self.writers.values():
-            writer.discard()
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def run(
@@ -258,16 +244,30 @@ def run(
     start = time.perf_counter()
     rejects = JsonlWriter(rejects_path)
     bar = tqdm(total=total, unit="traj", desc="process_data", disable=None, file=sys.stderr)
+
+    def account(result: Result) -> None:
+        for reject in result.rejects:
+            rejects.write(reject.to_json())
+            if strict and reject.kind == "rejected":
+                where = reject.file + (f" record {reject.record}" if reject.record else "")
+                raise StrictStop(f"{where} ({reject.stage}): {reject.reason}")
+        tally.add(result)
+        bar.update()
+
     try:
-        for result in ordered_map(func, items, opts, num_workers):
-            for reject in result.rejects:
-                rejects.write(reject.to_json())
-                if strict and reject.kind == "rejected":
-                    where = reject.file + (f" record {reject.record}" if reject.record else "")
-                    raise StrictStop(f"{where} ({reject.stage}): {reject.reason}")
-            tally.add(result)
-            outputs.write(result)
-            bar.update()
+        if num_workers <= 1:
+            for result in ordered_map(func, items, opts):
+                account(result)
+                outputs.write(result)
+        else:
+            remove_dead_shards(rejects_path.parent)
+            prefix = f"{SHARDS_PREFIX}{os.getpid()}-"
+            with tempfile.TemporaryDirectory(prefix=prefix, dir=rejects_path.parent) as tmp:
+                batches = make_batches(func, items, tmp, outputs.streams())
+                for batch in ordered_map(process_batch, batches, opts, num_workers):
+                    for result in batch.results:
+                        account(result)
+                    outputs.add_batch(batch)
     except BaseException:
         outputs.discard()
         rejects.discard()
@@ -349,7 +349,7 @@ def cmd_stage1(args: argparse.Namespace) -> int:
         from_answer,
         files,
         opts,
-        Outputs({"stage1": out}, opts.fmt, ()),
+        Outputs.to_files({"stage1": out}, opts.fmt, ()),
         Tally(["stage1"], ()),
         _sidecar(out, ".rejects.jsonl"),
         args.num_workers,
@@ -366,7 +366,7 @@ def cmd_stage2(args: argparse.Namespace) -> int:
         stage1_item,
         items,
         opts,
-        Outputs({"stage2": out}, opts.fmt, ()),
+        Outputs.to_files({"stage2": out}, opts.fmt, ()),
         Tally(["stage2"], ()),
         _sidecar(out, ".rejects.jsonl"),
         args.num_workers,
@@ -383,7 +383,7 @@ def cmd_role(args: argparse.Namespace) -> int:
         stage2_item,
         items,
         opts,
-        Outputs({args.role: out}, opts.fmt, (args.role,)),
+        Outputs.to_files({args.role: out}, opts.fmt, (args.role,)),
         Tally([], (args.role,)),
         _sidecar(out, ".rejects.jsonl"),
         args.num_workers,
@@ -410,7 +410,7 @@ def cmd_all(args: argparse.Namespace) -> int:
         from_answer,
         files,
         opts,
-        Outputs(paths, opts.fmt, roles),
+        Outputs.to_files(paths, opts.fmt, roles),
         Tally(["stage1", "stage2"], roles),
         out / "rejects.jsonl",
         args.num_workers,

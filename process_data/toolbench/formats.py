@@ -28,17 +28,36 @@ FORMATS = ("alpha_umi", "chat")
 
 
 class AlphaUmiEncoder:
-    """Encodes the steps of one trajectory as α-UMi records (at depth 1 of the array)."""
+    """Encodes one trajectory's records at depth 1 of an α-UMi array.
 
-    def __init__(self, tools: Sequence[dict], conversations: Sequence[dict]):
-        self.conversations = conversations
-        self.tools = indent_json(list(tools), 2)
+    The tools (depth 2) and the conversation turns (depth 3) are encoded once and reused by
+    the stage-1 and stage-2 records and by every step of every role.
+    """
+
+    def __init__(self, tools: list[dict]):
+        self.tools_list = tools
+        self.tools = indent_json(tools, 2)
+        self.conversations: list[dict] | None = None
         self._turns: list[str] = []
 
-    def _history(self, index: int) -> str:
+    def _turns_upto(self, index: int) -> list[str]:
+        assert self.conversations is not None
         while len(self._turns) < index:
             self._turns.append(indent_json(self.conversations[len(self._turns)], 3))
-        return encode_list_items(self._turns[:index], 2)
+        return self._turns[:index]
+
+    def encode_record(self, record: dict) -> str:
+        """A stage-1 or stage-2 record, as ``indent_json(record, 1)`` prints it."""
+        parts = []
+        for key, value in record.items():
+            if value is self.tools_list:
+                text = self.tools
+            elif self.conversations is not None and value is self.conversations:
+                text = encode_list_items(self._turns_upto(len(value)), 2)
+            else:
+                text = indent_json(value, 2)
+            parts.append(encode_str(key) + ": " + text)
+        return "{\n    " + ",\n    ".join(parts) + "\n  }" if parts else "{}"
 
     def split(self, step: Step) -> tuple[str, str]:
         """The record before and after the ``input`` value (filled in later for stale inputs)."""
@@ -46,16 +65,15 @@ class AlphaUmiEncoder:
             '{\n    "tools": '
             + self.tools
             + ',\n    "history": '
-            + self._history(step.index)
+            + encode_list_items(self._turns_upto(step.index), 2)
             + ',\n    "input": '
         )
         tail = ',\n    "target": ' + encode_str(step.target) + "\n  }"
         return head, tail
 
     def encode(self, step: Step) -> str:
-        assert step.input is not None
         head, tail = self.split(step)
-        return head + encode_str(step.input) + tail
+        return head + step.encoded_input() + tail
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,23 +220,29 @@ class ChatEncoder:
         return json.dumps(record, ensure_ascii=False)
 
 
-def encode_role_steps(
-    fmt: str,
-    role_steps: RoleSteps,
-    record_id: str,
-    tools: Sequence[dict],
-    conversations: Sequence[dict],
-    encoders: dict,
-) -> list:
-    """Encode a role's steps; stale compat inputs stay as ``(head, tail, step)`` triples."""
-    if fmt == "chat":
-        enc = encoders.setdefault("chat", ChatEncoder(record_id, tools, conversations))
-        return [enc.encode(role_steps.role, s, n) for n, s in enumerate(role_steps.steps)]
-    enc = encoders.setdefault("alpha_umi", AlphaUmiEncoder(tools, conversations))
-    out: list = []
-    for step in role_steps.steps:
-        if step.input is None:
-            out.append((*enc.split(step), step))
-        else:
-            out.append(enc.encode(step))
-    return out
+class TrajectoryEncoder:
+    """The encoders of one trajectory, shared by its stage records and all its roles."""
+
+    def __init__(self, uid: str, tools: list[dict]):
+        self.uid = uid
+        self.alpha = AlphaUmiEncoder(tools)
+        self._chat: ChatEncoder | None = None
+
+    def set_conversations(self, conversations: list[dict]) -> None:
+        self.alpha.conversations = conversations
+
+    def role_samples(self, fmt: str, role_steps: RoleSteps) -> list:
+        """Encode a role's steps; compat give-ups waiting for their prompt stay as
+        ``(head, tail, step)`` triples (see :func:`process_data.toolbench.outputs.resolve`)."""
+        if fmt == "chat":
+            if self._chat is None:
+                assert self.alpha.conversations is not None
+                self._chat = ChatEncoder(self.uid, self.alpha.tools_list, self.alpha.conversations)
+            chat = self._chat
+            return [chat.encode(role_steps.role, s, n) for n, s in enumerate(role_steps.steps)]
+        return [
+            self.alpha.encode(step)
+            if not step.stale or step.stale_history is not None
+            else (*self.alpha.split(step), step)
+            for step in role_steps.steps
+        ]

@@ -10,14 +10,13 @@ from __future__ import annotations
 import collections
 import multiprocessing
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from process_data.jsonio import indent_json
 from process_data.protocol import PROMPT_TEMPLATES, ROLES, fill_tools, render_tool_docs
-from process_data.toolbench.formats import encode_role_steps
+from process_data.toolbench.formats import TrajectoryEncoder
 from process_data.toolbench.records import RecordError, Reject
-from process_data.toolbench.roles import build_role_steps
+from process_data.toolbench.roles import role_steps, validate_stage2
 from process_data.toolbench.stage1 import AnswerFile, excluded_by, read_answer, to_stage1
 from process_data.toolbench.stage2 import to_stage2
 
@@ -47,13 +46,18 @@ class Result:
     excluded: bool = False
     stage1: str | None = None
     stage2: str | None = None
-    roles: dict[str, list[Any]] = field(default_factory=dict)
+    roles: dict[str, list[Any]] = field(default_factory=dict)  # encoded samples per role
+    samples: dict[str, int] = field(default_factory=dict)  # their counts
     last_input: str | None = None  # compat backbone: see roles.StaleInput
     rejects: list[Reject] = field(default_factory=list)
 
     @property
     def problems(self) -> list[Reject]:
         return [r for r in self.rejects if r.kind == "rejected"]
+
+    def without_records(self) -> Result:
+        """The same result without its encoded records (they were written elsewhere)."""
+        return replace(self, stage1=None, stage2=None, roles={})
 
 
 def reason_of(exc: Exception) -> str:
@@ -64,22 +68,25 @@ def reason_of(exc: Exception) -> str:
     return f"malformed record ({type(exc).__name__}: {exc})"
 
 
-def convert_roles(record: dict, result: Result, opts: Options) -> None:
+def convert_roles(
+    record: Any, result: Result, opts: Options, encoder: TrajectoryEncoder | None = None
+) -> TrajectoryEncoder | None:
     """Build and encode every requested role of one stage-2 record into ``result``."""
-    tools, conversations = record.get("tools"), record.get("conversations")
-    encoders: dict = {}
-    docs = None
+    try:
+        tools, conversations = validate_stage2(record)
+    except Exception as exc:
+        for role in opts.roles:
+            result.rejects.append(Reject(result.file, result.record, role, reason_of(exc)))
+        return encoder
+    if encoder is None:
+        encoder = TrajectoryEncoder(result.uid, tools)
+    encoder.set_conversations(conversations)
+    docs = render_tool_docs(tools)
     for role in opts.roles:
         try:
-            if docs is None and isinstance(tools, list):
-                docs = render_tool_docs(tools)
-            prompt = PROMPT_TEMPLATES[opts.prompt_type(role)]
-            steps = build_role_steps(
-                role,
-                record,
-                opts.compat,
-                tool_prompt=fill_tools(prompt, tools, docs) if docs else None,  # type: ignore
-            )
+            prompt = fill_tools(PROMPT_TEMPLATES[opts.prompt_type(role)], tools, docs)
+            steps = role_steps(role, conversations, prompt, opts.compat)
+            samples = encoder.role_samples(opts.fmt, steps)
         except Exception as exc:
             result.rejects.append(Reject(result.file, result.record, role, reason_of(exc)))
             continue
@@ -87,16 +94,11 @@ def convert_roles(record: dict, result: Result, opts: Options) -> None:
             result.rejects.append(
                 Reject(result.file, result.record, role, reason, step=index, kind="skipped")
             )
-        result.roles[role] = encode_role_steps(
-            opts.fmt,
-            steps,
-            result.uid,
-            tools,
-            conversations,
-            encoders,  # type: ignore
-        )
+        result.roles[role] = samples
+        result.samples[role] = len(samples)
         if role == "backbone":
             result.last_input = steps.last_input
+    return encoder
 
 
 def from_stage2(record: Any, result: Result, opts: Options) -> Result:
@@ -104,16 +106,21 @@ def from_stage2(record: Any, result: Result, opts: Options) -> Result:
     return result
 
 
-def from_stage1(record: Any, result: Result, opts: Options) -> Result:
+def from_stage1(
+    record: Any, result: Result, opts: Options, encoder: TrajectoryEncoder | None = None
+) -> Result:
     try:
         stage2 = to_stage2(record, opts.compat)
     except Exception as exc:
         result.rejects.append(Reject(result.file, result.record, "stage2", reason_of(exc)))
         return result
-    if "stage2" in opts.stages:
-        result.stage2 = indent_json(stage2, 1)
     if "roles" in opts.stages:
-        convert_roles(stage2, result, opts)
+        encoder = convert_roles(stage2, result, opts, encoder)
+    if "stage2" in opts.stages:
+        if encoder is None:
+            encoder = TrajectoryEncoder(result.uid, stage2["tools"])
+        encoder.set_conversations(stage2["conversations"])
+        result.stage2 = encoder.alpha.encode_record(stage2)
     return result
 
 
@@ -137,10 +144,11 @@ def from_answer(answer: AnswerFile, opts: Options) -> Result:
     except Exception as exc:
         result.rejects.append(Reject(answer.path, answer.query_id, "stage1", reason_of(exc)))
         return result
+    encoder = TrajectoryEncoder(result.uid, stage1["tools"])
     if "stage1" in opts.stages:
-        result.stage1 = indent_json(stage1, 1)
+        result.stage1 = encoder.alpha.encode_record(stage1)
     if "stage2" in opts.stages or "roles" in opts.stages:
-        from_stage1(stage1, result, opts)
+        from_stage1(stage1, result, opts, encoder)
     return result
 
 
@@ -168,7 +176,7 @@ def ordered_map(
         for item in items:
             yield func(item, opts)
         return
-    window = window or num_workers * 8
+    window = window or num_workers * 4
     with multiprocessing.get_context().Pool(num_workers) as pool:
         pending: collections.deque = collections.deque()
         for item in items:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from process_data.jsonio import encode_str
 from process_data.protocol import (
     ASSISTANT,
     CALLER,
@@ -43,18 +44,122 @@ from process_data.protocol import (
 from process_data.toolbench.records import RecordError, require
 
 
+class RolePrompt:
+    """One role's prompt for one trajectory: the template with the tools filled in, and the
+    answering speaker's tag. It builds each step's input, and its JSON encoding.
+
+    α-UMi fills ``{history}`` and then ``{thought}`` with chained ``str.replace`` calls. When
+    ``{history}`` occurs once, the input is ``head + history + rest`` (with ``{thought}``
+    replaced in ``rest`` when it occurs only there), and its encoding is assembled from
+    pieces encoded once, the history being extended turn by turn. In any other case the
+    chained replacement is done literally.
+    """
+
+    _T = "{thought}"
+
+    def __init__(self, tool_prompt: str, suffix: str):
+        self.tool_prompt = tool_prompt
+        self.suffix = suffix
+        head, _, rest = tool_prompt.partition("{history}")
+        self._split = tool_prompt.count("{history}") == 1
+        # "{thought}" only once, in rest, far enough from its start to check boundaries
+        self._thought_split = (
+            self._split
+            and self._T not in head
+            and rest.count(self._T) == 1
+            and rest.find(self._T) >= len(self._T)
+        )
+        middle, _, tail = rest.partition(self._T)
+        self._head_end, self._rest_start = head[-len(self._T) :], rest[: len(self._T)]
+        self._enc = {
+            name: _inner(text)
+            for name, text in (
+                ("head", head),
+                ("rest", rest),
+                ("middle", middle),
+                ("tail", tail),
+                ("suffix", suffix),
+            )
+        }
+        self._history = ""
+        self._history_encoded = ""
+
+    def text(self, history: str, thought: str | None = None) -> str:
+        """The model input for a step with this history (and thought, for the caller)."""
+        return fill_step(self.tool_prompt, history, thought) + self.suffix
+
+    def _thought_is_safe(self, history: str) -> bool:
+        """No ``{thought}`` in the history or across its ends, so only ``rest``'s is replaced."""
+        t, n = self._T, len(self._T)
+        if (
+            t in history
+            or t in self._head_end + history[:n]
+            or t in history[-n:] + self._rest_start
+        ):
+            return False
+        return len(history) >= n or t not in self._head_end + history + self._rest_start
+
+    def encoded(self, history: str, thought: str | None = None) -> str:
+        """``json.dumps(self.text(history, thought))``, reusing what earlier steps encoded."""
+        if not self._split or (
+            thought is not None and not (self._thought_split and self._thought_is_safe(history))
+        ):
+            return encode_str(self.text(history, thought))
+        if history.startswith(self._history):  # histories grow turn by turn
+            self._history_encoded += _inner(history[len(self._history) :])
+        else:
+            self._history_encoded = _inner(history)
+        self._history = history
+        enc = self._enc
+        if thought is None:
+            body = enc["head"] + self._history_encoded + enc["rest"]
+        else:
+            body = (
+                enc["head"] + self._history_encoded + enc["middle"] + _inner(thought) + enc["tail"]
+            )
+        return '"' + body + enc["suffix"] + '"'
+
+
+def _inner(text: str) -> str:
+    return encode_str(text)[1:-1]
+
+
 @dataclass
 class Step:
     """One training sample: ``conversations[:index]`` is the history, ``target`` the answer.
 
-    ``input`` is ``None`` only for compat backbone give-ups; ``fresh_input`` is the prompt built
-    from the step's own history.
+    ``history`` is the rendered history of the step. A compat backbone give-up (``stale``) is
+    prompted, as in α-UMi, with the prompt of the last call or conclusion step: its history is
+    ``stale_history`` when that step is in the same trajectory, else unknown here.
     """
 
     index: int
-    input: str | None
     target: str
-    fresh_input: str
+    prompt: RolePrompt
+    history: str
+    thought: str | None = None
+    stale: bool = False
+    stale_history: str | None = None
+
+    @property
+    def input(self) -> str | None:
+        """The model input, or ``None`` when it comes from an earlier trajectory."""
+        if not self.stale:
+            return self.prompt.text(self.history, self.thought)
+        if self.stale_history is not None:
+            return self.prompt.text(self.stale_history)
+        return None
+
+    @property
+    def fresh_input(self) -> str:
+        """The prompt built from the step's own history."""
+        return self.prompt.text(self.history, self.thought)
+
+    def encoded_input(self) -> str:
+        if not self.stale:
+            return self.prompt.encoded(self.history, self.thought)
+        assert self.stale_history is not None
+        return self.prompt.encoded(self.stale_history)
 
 
 @dataclass
@@ -62,10 +167,16 @@ class RoleSteps:
     """The steps of one role for one trajectory, and the steps left out with the reason."""
 
     role: str
+    prompt: RolePrompt
     steps: list[Step] = field(default_factory=list)
     skipped: list[tuple[int, str]] = field(default_factory=list)
-    #: compat backbone only: the prompt of this trajectory's last call or conclusion step.
-    last_input: str | None = None
+    #: backbone: the history of this trajectory's last call or conclusion step.
+    last_history: str | None = None
+
+    @property
+    def last_input(self) -> str | None:
+        """α-UMi's backbone prompt variable as this trajectory leaves it."""
+        return None if self.last_history is None else self.prompt.text(self.last_history)
 
 
 def validate_stage2(record: object) -> tuple[list[dict], list[dict]]:
@@ -98,25 +209,24 @@ def _plain_history(speaker: str, value: str) -> str:
     return render_turn(speaker, value) if speaker in (USER, OBSERVATION) else ""
 
 
-def _planner(conv: list[dict], prompt: str, out: RoleSteps) -> None:
+def _planner(conv: list[dict], out: RoleSteps) -> None:
     history = ""
     for i, turn in enumerate(conv):
         speaker, value = turn["from"], turn["value"]
         if speaker == ASSISTANT:
             nxt = _next_speaker(conv, i)
             if NEXT_GIVE_UP in value or nxt in (CONCLUSION, CALLER):
-                text = fill_step(prompt, history)
                 if nxt == CALLER and HALLUCINATED_NAME in conv[i + 1]["value"]:
                     out.skipped.append((i, "the call names a hallucinated function"))
                 else:
-                    out.steps.append(Step(i, text, value, text))
+                    out.steps.append(Step(i, value, out.prompt, history))
         if speaker in (ASSISTANT, CALLER, CONCLUSION):
             history += render_turn(speaker, value)
         else:
             history += _plain_history(speaker, value)
 
 
-def _caller(conv: list[dict], prompt: str, out: RoleSteps) -> None:
+def _caller(conv: list[dict], out: RoleSteps) -> None:
     history = ""
     for i, turn in enumerate(conv):
         speaker, value = turn["from"], turn["value"]
@@ -124,15 +234,14 @@ def _caller(conv: list[dict], prompt: str, out: RoleSteps) -> None:
             if HALLUCINATED_NAME in value:
                 out.skipped.append((i, "the call names a hallucinated function"))
                 continue
-            text = fill_step(prompt, history, thought=conv[i - 1]["value"])
-            out.steps.append(Step(i, text, value, text))
+            out.steps.append(Step(i, value, out.prompt, history, thought=conv[i - 1]["value"]))
         if speaker in (ASSISTANT, CALLER, CONCLUSION):
             history += render_turn(speaker, value)
         else:
             history += _plain_history(speaker, value)
 
 
-def _summarizer(conv: list[dict], prompt: str, out: RoleSteps) -> None:
+def _summarizer(conv: list[dict], out: RoleSteps) -> None:
     history = ""
     for i, turn in enumerate(conv):
         speaker, value = turn["from"], turn["value"]
@@ -140,8 +249,7 @@ def _summarizer(conv: list[dict], prompt: str, out: RoleSteps) -> None:
             if value == "none":
                 out.skipped.append((i, "Finish gave no final answer ('none')"))
                 continue
-            text = fill_step(prompt, history)
-            out.steps.append(Step(i, text, value, text))
+            out.steps.append(Step(i, value, out.prompt, history))
         if speaker in (ASSISTANT, CALLER, CONCLUSION):
             history += render_turn(speaker, value)
         else:
@@ -157,7 +265,7 @@ def backbone_decision(conv: list[dict], i: int) -> str | None:
     return nxt if nxt in (CALLER, CONCLUSION) else None
 
 
-def _backbone(conv: list[dict], prompt: str, out: RoleSteps, compat: bool) -> None:
+def _backbone(conv: list[dict], out: RoleSteps, compat: bool) -> None:
     history = ""
     for i, turn in enumerate(conv):
         speaker, value = turn["from"], turn["value"]
@@ -167,12 +275,12 @@ def _backbone(conv: list[dict], prompt: str, out: RoleSteps, compat: bool) -> No
             if decision is not None:
                 follow = conv[i + 1]["value"] if decision != "give up" else None
                 span = format_backbone(value, decision, follow)
-                text = fill_step(prompt, history)
+                step = Step(i, span, out.prompt, history)
                 if decision == "give up" and compat:
-                    out.steps.append(Step(i, out.last_input, span, text))
+                    step.stale, step.stale_history = True, out.last_history
                 else:
-                    out.steps.append(Step(i, text, span, text))
-                    out.last_input = text
+                    out.last_history = history
+                out.steps.append(step)
             history += render_turn(ASSISTANT, span)
         else:
             history += _plain_history(speaker, value)
@@ -183,32 +291,24 @@ def build_role_steps(
     record: dict,
     compat: bool,
     prompt_type: str | None = None,
-    tool_prompt: str | None = None,
 ) -> RoleSteps:
-    """The steps of ``role`` for one stage-2 record. Raises :class:`RecordError` if malformed.
-
-    ``tool_prompt`` is the template with the tools filled in (see :func:`fill_tools`); pass it
-    to avoid rendering the tool documents again for each role.
-    """
+    """The steps of ``role`` for one stage-2 record. Raises :class:`RecordError` if malformed."""
     check_role(role)
     tools, conv = validate_stage2(record)
-    if tool_prompt is None:
-        template = PROMPT_TEMPLATES[check_prompt_type(prompt_type or default_prompt_type(role))]
-        tool_prompt = fill_tools(template, tools)
-    out = RoleSteps(role)
+    template = PROMPT_TEMPLATES[check_prompt_type(prompt_type or default_prompt_type(role))]
+    return role_steps(role, conv, fill_tools(template, tools), compat)
+
+
+def role_steps(role: str, conv: list[dict], tool_prompt: str, compat: bool) -> RoleSteps:
+    """The steps of ``role`` for a validated conversation (see :func:`validate_stage2`).
+
+    ``tool_prompt`` is the role's template with the tools filled in (:func:`fill_tools`).
+    """
+    out = RoleSteps(role, RolePrompt(tool_prompt, prompt_suffix(role)))
     if role == "backbone":
-        _backbone(conv, tool_prompt, out, compat)
+        _backbone(conv, out, compat)
     else:
-        {"planner": _planner, "caller": _caller, "summarizer": _summarizer}[role](
-            conv, tool_prompt, out
-        )
-    suffix = prompt_suffix(role)
-    for step in out.steps:
-        step.fresh_input += suffix
-        if step.input is not None:
-            step.input += suffix
-    if out.last_input is not None:
-        out.last_input += suffix
+        {"planner": _planner, "caller": _caller, "summarizer": _summarizer}[role](conv, out)
     return out
 
 
@@ -218,11 +318,7 @@ class StaleInput:
     def __init__(self) -> None:
         self.value: str | None = None
 
-    def fill(self, step: Step) -> None:
-        """Give a compat give-up step the prompt α-UMi would have used."""
+    def input_for(self, step: Step) -> str:
+        """The prompt α-UMi gives a give-up step whose trajectory has not set it yet."""
         # With no earlier prompt α-UMi crashes; the step's own prompt is used instead.
-        step.input = self.value if self.value is not None else step.fresh_input
-
-    def update(self, steps: RoleSteps) -> None:
-        if steps.last_input is not None:
-            self.value = steps.last_input
+        return self.value if self.value is not None else step.fresh_input

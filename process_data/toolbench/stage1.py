@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+import orjson
 
 from process_data.protocol import FINISH
 from process_data.toolbench.records import RecordError, require, require_str
@@ -31,7 +34,7 @@ TEST_SETS = (
 _GROUP_RE = re.compile(r"^(G\d+)(?:_|$)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AnswerFile:
     """An answer file and what its path says: the group (``G1``...) and the query id."""
 
@@ -48,11 +51,12 @@ def _natural_key(name: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
-def _group_of(path: Path, root: Path) -> str | None:
-    for part in reversed(path.relative_to(root).parts[:-1]):
+def _group_of(folder: Path, root: Path) -> str | None:
+    """The group named by the nearest folder such as ``G1_answer`` or ``G1_instruction``."""
+    for part in reversed(folder.relative_to(root).parts):
         match = _GROUP_RE.match(part)
         if match:
-            return match.group(1)
+            return sys.intern(match.group(1))
     return None
 
 
@@ -71,19 +75,36 @@ def find_answer_files(
         root = Path(data_dir) / "answer"
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: no answer folder (expected answer/G*_answer/)")
-        paths = [p for d in root.glob("G*_answer") if d.is_dir() for p in d.glob("*.json")]
+        folders = [str(d) for d in sorted(root.glob("G*_answer")) if d.is_dir()]
+        recursive = False
     else:
         root = Path(answer_dir)  # type: ignore[arg-type]
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: not a folder")
-        paths = list(root.rglob("*.json"))
-    files = [
-        AnswerFile(str(p), _group_of(p, root), p.name.split("_")[0]) for p in paths if p.is_file()
-    ]
+        folders, recursive = [str(root)], True
+    files = list(_scan(folders, str(root), recursive))
     files.sort(
         key=lambda f: (_natural_key(f.group or ""), _natural_key(f.query_id), _natural_key(f.path))
     )
     return files
+
+
+def _scan(folders: list[str], root: str, recursive: bool) -> Iterable[AnswerFile]:
+    """Answer files under ``folders``, with few objects per file (lists can be long)."""
+    while folders:
+        folder = folders.pop()
+        group = _group_of(Path(folder), Path(root)) if recursive else _group_of_folder(folder)
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir() and recursive:
+                    folders.append(entry.path)
+                elif entry.name.endswith(".json") and entry.is_file():
+                    yield AnswerFile(entry.path, group, entry.name.split("_")[0])
+
+
+def _group_of_folder(folder: str) -> str | None:
+    match = _GROUP_RE.match(os.path.basename(folder))
+    return sys.intern(match.group(1)) if match else None
 
 
 def load_test_ids(test_ids_dir: str | os.PathLike[str]) -> dict[str, set[str]]:
@@ -126,6 +147,15 @@ def read_answer(path: str) -> dict:
     except OSError as exc:
         raise RecordError(f"cannot read file ({exc.strerror})") from exc
     try:
+        data = orjson.loads(raw)  # 2-3x faster than json; same objects for valid JSON
+    except orjson.JSONDecodeError:
+        data = _loads_or_explain(raw)  # json's own rules (NaN, huge ints) and error messages
+    require(isinstance(data, dict), f"top level is {type(data).__name__}, expected an object")
+    return data
+
+
+def _loads_or_explain(raw: bytes) -> object:
+    try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RecordError(f"not UTF-8 (byte {exc.start})") from exc
@@ -133,7 +163,6 @@ def read_answer(path: str) -> dict:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise RecordError(f"invalid JSON: {exc.msg} at line {exc.lineno} col {exc.colno}") from exc
-    require(isinstance(data, dict), f"top level is {type(data).__name__}, expected an object")
     return data
 
 
