@@ -61,6 +61,10 @@ GIVE_UP_AND_RESTART = "give_up_and_restart"
 #: The text a caller target contains when ToolBench logged a call to a non-existent function.
 HALLUCINATED_NAME = "invalid_hallucination_function_name"
 
+#: What α-UMi's trainer puts before every ``input`` when it tokenizes a sample (its
+#: ``train.py``); inference must prompt the trained models the same way.
+MODEL_INPUT_PREFIX = "system: "
+
 #: The backbone's target text for a give-up step, and the prefix of its conclusions.
 BACKBONE_CONCLUSION_PREFIX = "\nconclusion: "
 BACKBONE_GIVE_UP = "give up."

@@ -1,0 +1,116 @@
+"""Batches without wasted compute: dynamic padding, or best-fit packing.
+
+Padding goes to the longest sample of the batch, never to ``model_max_length``. Packing puts
+several samples in one row with ``position_ids`` restarting at 0 for each; transformers then
+keeps packed samples from attending to each other, but only when no attention mask is passed
+(and the KV cache is off), so the packed collator passes none. Padding at the end of a packed
+row is harmless without a mask: no real token comes after it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from GLPFT.data import IGNORE_INDEX
+
+
+def _round_up(n: int, multiple: int | None) -> int:
+    return n if not multiple else -(-n // multiple) * multiple
+
+
+@dataclass
+class PadCollator:
+    """Pads a batch to its longest sample; labels are ignored on padding.
+
+    Padding goes on the left by default: targets sit at the end of every sample, so aligning
+    the ends lines the trained positions up across the batch, and the LM head (which runs on
+    the union of trained positions) sees little more than the longest target. Position ids
+    count from each sample's first real token, so the padding changes nothing.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+    padding_side: str = "left"
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = _round_up(max(len(f["input_ids"]) for f in features), self.pad_to_multiple_of)
+        ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        positions = torch.zeros((len(features), width), dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            span = slice(width - n, width) if self.padding_side == "left" else slice(0, n)
+            ids[row, span] = torch.as_tensor(f["input_ids"])
+            labels[row, span] = torch.as_tensor(f["labels"])
+            mask[row, span] = 1
+            positions[row, span] = torch.arange(n)
+        return {
+            "input_ids": ids,
+            "labels": labels,
+            "attention_mask": mask,
+            "position_ids": positions,
+        }
+
+
+@dataclass
+class PackedCollator:
+    """Batches packed rows: ``position_ids`` restart per sample, and there is no mask."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = _round_up(max(len(f["input_ids"]) for f in features), self.pad_to_multiple_of)
+        ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        positions = torch.zeros((len(features), width), dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[row, :n] = torch.as_tensor(f["input_ids"])
+            labels[row, :n] = torch.as_tensor(f["labels"])
+            start = 0
+            for length in [*f["seq_lengths"], width - n]:  # the padding is a run of its own
+                positions[row, start : start + length] = torch.arange(length)
+                start += length
+        return {"input_ids": ids, "labels": labels, "position_ids": positions}
+
+
+def best_fit_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Group sample indices into rows of at most ``capacity`` tokens (best-fit decreasing).
+
+    Deterministic: ties are broken by index. Samples longer than ``capacity`` (there are none
+    after tokenization, which truncates) get a row of their own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (free space, bin number), kept sorted
+    for i in order:
+        n = lengths[i]
+        k = bisect.bisect_left(free, (n, -1))
+        if k == len(free):
+            bins.append([i])
+            space, number = capacity - n, len(bins) - 1
+        else:
+            space, number = free.pop(k)
+            bins[number].append(i)
+            space -= n
+        if space > 0:
+            bisect.insort(free, (space, number))
+    return bins
+
+
+def pack_features(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One packed row from tokenized samples. A sample's first label is dropped (it would be
+    predicted from the previous sample's last token)."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for row in rows:
+        ids += row["input_ids"]
+        labels += [IGNORE_INDEX, *row["labels"][1:]]
+    return {"input_ids": ids, "labels": labels, "seq_lengths": [len(r["input_ids"]) for r in rows]}

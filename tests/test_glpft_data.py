@@ -1,0 +1,175 @@
+"""Where the loss goes: exact label positions on real samples, truncation, chat templates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ALPHA_UMI, read_json
+
+from GLPFT.collate import PackedCollator, PadCollator, best_fit_bins, pack_features
+from GLPFT.data import IGNORE_INDEX, SampleError, fit, tokenize_record
+from GLPFT.models import TINY_LLAMA, resolve_model
+from GLPFT.trainer import sparse_lm_loss
+from process_data.protocol import MODEL_INPUT_PREFIX
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model(TINY_LLAMA))
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(resolve_model(TINY_LLAMA), dtype=torch.float32)
+    return m.eval()
+
+
+def planner_samples(n: int = 4) -> list[dict]:
+    return read_json(ALPHA_UMI / "train-example" / "train_planner.json")[:n]
+
+
+@pytest.mark.parametrize("role", ["backbone", "planner", "caller", "summarizer"])
+def test_alpha_umi_labels_are_exactly_target_plus_eos(tokenizer, role: str, shared) -> None:
+    for k, record in enumerate(read_json(ALPHA_UMI / "train-example" / f"train_{role}.json")[:5]):
+        t = tokenize_record(record, tokenizer, 100_000, f"{role}#{k}")
+        prompt = tokenizer(MODEL_INPUT_PREFIX + record["input"])["input_ids"]
+        target = tokenizer(record["target"], add_special_tokens=False)["input_ids"]
+        assert t.input_ids == prompt + target + [tokenizer.eos_token_id]
+        trained = [i for i, x in enumerate(t.labels) if x != IGNORE_INDEX]
+        assert trained == list(range(len(prompt), len(t.input_ids)))  # target, then EOS
+        assert t.labels[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(t.input_ids[len(prompt) : -1]) == record["target"]
+
+
+def test_long_prompts_lose_their_start_never_the_target(tokenizer, shared) -> None:
+    record = planner_samples(1)[0]
+    full = tokenize_record(record, tokenizer, 100_000, "p#0")
+    n_target = sum(1 for x in full.labels if x != IGNORE_INDEX)
+    cut = tokenize_record(record, tokenizer, 300, "p#0")
+    assert len(cut.input_ids) == 300 and cut.cut == len(full.input_ids) - 300
+    assert cut.input_ids == full.input_ids[-300:]  # no leading special token here
+    assert cut.labels[-n_target:] == full.labels[-n_target:]
+
+
+def test_fit_keeps_leading_special_tokens() -> None:
+    bos = 1
+    t = fit([bos, 10, 11, 12, 13], [20, 21], 5, {bos})
+    assert t.input_ids == [bos, 12, 13, 20, 21] and t.cut == 2
+    assert t.labels == [IGNORE_INDEX] * 3 + [20, 21]
+    only = fit([bos, 10], [20, 21, 22, 23], 3, {bos})  # the target alone is too long
+    assert only.input_ids == [21, 22, 23] and only.target_cut == 1
+
+
+def test_a_sample_with_nothing_to_train_names_itself(tokenizer) -> None:
+    chat = {"messages": [{"role": "user", "content": "hi"}], "train_turns": []}
+    with pytest.raises(SampleError, match=r"train\.jsonl#7: no token to train"):
+        tokenize_record(chat, tokenizer, 100, "train.jsonl#7")
+    # an empty α-UMi target still teaches the EOS token
+    eos_only = tokenize_record({"input": "x", "target": ""}, tokenizer, 100, "t#0")
+    assert [x for x in eos_only.labels if x != -100] == [tokenizer.eos_token_id]
+    with pytest.raises(SampleError, match="f#1: expected"):
+        tokenize_record({"prompt": "x"}, tokenizer, 100, "f#1")
+
+
+def test_chat_labels_cover_the_trained_turn_only(tokenizer) -> None:
+    messages = [
+        {"role": "system", "content": "You are the planner."},
+        {"role": "user", "content": "Weather in Lyon?"},
+        {"role": "assistant", "content": "Look it up.\n Next: caller."},
+        {"role": "tool", "content": '{"temp": 21}'},
+        {"role": "assistant", "content": "It is 21 C.\n Next: conclusion."},
+    ]
+    t = tokenize_record({"messages": messages, "train_turns": [4]}, tokenizer, 4096, "c#0")
+    trained_text = tokenizer.decode(
+        [i for i, x in zip(t.input_ids, t.labels, strict=True) if x != -100]
+    )
+    assert trained_text.startswith("It is 21 C.\n Next: conclusion.")
+    assert tokenizer.eos_token in trained_text  # the end-of-turn token is learned
+    assert "Look it up" not in trained_text and "assistant" not in trained_text
+    both = tokenize_record({"messages": messages}, tokenizer, 4096, "c#1")  # all assistant turns
+    text = tokenizer.decode(
+        [i for i, x in zip(both.input_ids, both.labels, strict=True) if x != -100]
+    )
+    assert "Look it up" in text and "21 C" in text and "Weather" not in text
+
+
+def test_chat_template_that_is_not_prefix_stable_is_refused(tokenizer) -> None:
+    from copy import deepcopy
+
+    tok = deepcopy(tokenizer)
+    # a template that renders only the last assistant turn (as "thinking" templates do)
+    tok.chat_template = (
+        "{% for m in messages %}{% if m.role != 'assistant' or loop.last %}"
+        "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    messages = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "d"},
+    ]
+    with pytest.raises(SampleError, match="not prefix-stable at message 1"):
+        tokenize_record({"messages": messages}, tok, 4096, "c#2")
+
+
+def _features(tokenizer, n: int = 4, max_length: int = 512) -> list[dict]:
+    out = []
+    for k, record in enumerate(planner_samples(n)):
+        t = tokenize_record(record, tokenizer, max_length, f"p#{k}")
+        out.append({"input_ids": t.input_ids, "labels": t.labels})
+    return out
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_sparse_head_loss_equals_per_sample_loss(tokenizer, model, side: str, shared) -> None:
+    """Padded either side, the batch loss is the sum of each sample's own full-logits loss."""
+    feats = _features(tokenizer)
+    batch = PadCollator(tokenizer.pad_token_id, padding_side=side)(feats)
+    with torch.no_grad():
+        loss, count, out = sparse_lm_loss(model, batch)
+        ref, ref_count = 0.0, 0
+        for f in feats:
+            logits = model(input_ids=torch.tensor([f["input_ids"]])).logits[0, :-1]
+            targets = torch.tensor(f["labels"][1:])
+            ref += torch.nn.functional.cross_entropy(
+                logits.float(), targets, reduction="sum", ignore_index=-100
+            )
+            ref_count += int((targets != -100).sum())
+    assert count == ref_count
+    assert torch.allclose(loss, torch.as_tensor(ref), rtol=1e-4)
+    longest_target = max(sum(1 for x in f["labels"] if x != -100) for f in feats)
+    if side == "left":  # ends aligned: the head runs on little more than the longest target
+        assert out.logits.shape[1] <= longest_target
+    assert out.logits.shape[1] < batch["input_ids"].shape[1]
+
+
+def test_packed_batch_has_the_same_loss_as_unpacked(tokenizer, model, shared) -> None:
+    feats = _features(tokenizer)
+    padded = PadCollator(tokenizer.pad_token_id)(feats)
+    packed = PackedCollator(tokenizer.pad_token_id)(
+        [pack_features(feats[:2]), pack_features(feats[2:])]
+    )
+    assert "attention_mask" not in packed
+    with torch.no_grad():
+        reference, n_ref, _ = sparse_lm_loss(model, padded)
+        loss, n, _ = sparse_lm_loss(model, packed)
+        # the pitfall: with an attention mask, packed samples attend to each other
+        leaky, _, _ = sparse_lm_loss(
+            model, {**packed, "attention_mask": torch.ones_like(packed["input_ids"])}
+        )
+    assert n == n_ref
+    assert torch.allclose(loss, reference, rtol=1e-5)
+    assert not torch.allclose(leaky, reference, rtol=1e-5)
+
+
+def test_best_fit_bins_respect_capacity() -> None:
+    lengths = [700, 300, 500, 200, 900, 100, 50, 1000, 450]
+    bins = best_fit_bins(lengths, 1000)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= 1000 for b in bins)
+    assert len(bins) == -(-sum(lengths) // 1000)  # optimal here: no bin could be saved

@@ -1,0 +1,158 @@
+"""The recipe end to end on a tiny model: flags, loss going down, outputs, LoRA, packing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ALPHA_UMI, REPO, read_json
+
+from GLPFT.train import parse_args
+
+PLANNER = ALPHA_UMI / "train-example" / "train_planner.json"
+CALLER = ALPHA_UMI / "train-example" / "train_caller.json"
+
+#: α-UMi's stage-2 command line (its scripts/train_toolbench.sh), minus torchrun and DeepSpeed
+ALPHA_UMI_FLAGS = [
+    "--model_name_or_path",
+    "tiny-random-llama",
+    "--data_path",
+    str(PLANNER),
+    "--output_dir",
+    "OUT",
+    "--num_train_epochs",
+    "1",
+    "--per_device_train_batch_size",
+    "6",
+    "--per_device_eval_batch_size",
+    "6",
+    "--gradient_accumulation_steps",
+    "1",
+    "--evaluation_strategy",
+    "no",
+    "--eval_steps",
+    "0",
+    "--save_strategy",
+    "steps",
+    "--save_steps",
+    "500",
+    "--save_total_limit",
+    "8",
+    "--learning_rate",
+    "1e-5",
+    "--weight_decay",
+    "0.01",
+    "--warmup_ratio",
+    "0.2",
+    "--lr_scheduler_type",
+    "cosine",
+    "--gradient_checkpointing",
+    "True",
+    "--bf16",
+    "--logging_steps",
+    "2",
+    "--model_max_length",
+    "4096",
+    "--report_to",
+    "none",
+    "--lazy_preprocess",
+    "True",
+]
+
+
+def test_alpha_umi_command_line_is_accepted() -> None:
+    model, data, train = parse_args(ALPHA_UMI_FLAGS)
+    assert data.data_path == str(PLANNER) and data.lazy_preprocess
+    assert train.eval_strategy == "no" and train.model_max_length == 4096
+    assert train.gradient_checkpointing and train.bf16 and train.lr_scheduler_type == "cosine"
+    assert train.warmup_steps == 0.2  # α-UMi's --warmup_ratio
+    assert train.use_cpu == (not torch.cuda.is_available())  # gloo DDP and bf16 need it
+
+
+def test_config_file_gives_defaults_that_flags_override(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"data_path: {PLANNER}\noutput_dir: {tmp_path}/o\nlearning_rate: 0.001\n"
+        "lora_r: 8\nmodel_max_length: 2048\n"
+    )
+    model, data, train = parse_args(["--config", str(config), "--model_max_length", "1024"])
+    assert data.data_path == str(PLANNER) and model.lora_r == 8
+    assert train.learning_rate == 0.001 and train.model_max_length == 1024
+
+
+def run_train(out: Path, *extra: str, data: Path = PLANNER) -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "GLPFT.train",
+        "--model_name_or_path",
+        "tiny-random-llama",
+        "--data_path",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--model_max_length",
+        "512",
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        "3e-3",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "no",
+        "--seed",
+        "7",
+        *extra,
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return read_json(out / "train_summary.json")
+
+
+def test_full_training_lowers_the_loss_and_writes_its_outputs(tmp_path: Path, shared) -> None:
+    summary = run_train(tmp_path / "full", "--max_steps", "30")
+    losses = summary["loss_history"]["loss"]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0
+    assert summary["samples"] == len(read_json(PLANNER))
+    assert 0 < summary["trained_share"] < 0.5
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "loss.png"):
+        assert (tmp_path / "full" / name).is_file(), name
+
+
+def test_lora_adapter_and_merged_checkpoint(tmp_path: Path, shared) -> None:
+    out = tmp_path / "lora"
+    summary = run_train(
+        out,
+        "--max_steps",
+        "6",
+        "--lora_r",
+        "8",
+        "--merge_lora",
+        "True",
+        "--learning_rate",
+        "1e-2",
+        data=CALLER,
+    )
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == 8 and set(config["target_modules"]) == {"q_proj", "v_proj"}
+    assert (out / "adapter_model.safetensors").is_file()
+    assert (out / "merged" / "model.safetensors").is_file()
+    assert summary["lora"]["lora_r"] == 8
+    losses = summary["loss_history"]["loss"]
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("flag", ["--packing"])
+def test_packing_trains_on_the_same_tokens(tmp_path: Path, flag: str, shared) -> None:
+    summarizer = ALPHA_UMI / "train-example" / "train_summarizer.json"
+    args = ("--max_steps", "3", "--model_max_length", "4096")
+    packed = run_train(tmp_path / "packed", *args, flag, "True", data=summarizer)
+    plain = run_train(tmp_path / "plain", *args, data=summarizer)
+    assert packed["rows"] < plain["rows"] == plain["samples"] == packed["samples"]
+    assert packed["trained_tokens"] == plain["trained_tokens"]
