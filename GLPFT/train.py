@@ -121,31 +121,32 @@ def parse_args(
 def _distributed_defaults(args: TrainingArguments) -> None:
     if args.use_cpu and args.ddp_backend is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         args.ddp_backend = "gloo"
+    if args.deepspeed and args.use_cpu:
+        # The Trainer sets up torch.distributed (gloo) but not DeepSpeed's own communication
+        # layer on CPU; ZeRO-3's model construction needs it before the model is loaded.
+        import deepspeed
+
+        _ = args.device  # initialises torch.distributed
+        deepspeed.init_distributed(dist_backend="gloo")
     if not args.train_sampling_strategy or args.train_sampling_strategy == "random":
         args.train_sampling_strategy = "group_by_length"
 
 
-class LossHistory(TrainerCallback):
-    """Keeps the logged losses for the summary and the plot."""
-
-    def __init__(self) -> None:
-        self.steps: list[int] = []
-        self.losses: list[float] = []
-
-    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
-        if logs and "loss" in logs:
-            self.steps.append(state.global_step)
-            self.losses.append(float(logs["loss"]))
+def loss_history(log_history: list[dict]) -> dict[str, list]:
+    """Logged training losses by step; after a resume, the checkpoint's earlier logs too."""
+    logs = [e for e in log_history if "loss" in e and "step" in e]
+    return {"steps": [e["step"] for e in logs], "loss": [float(e["loss"]) for e in logs]}
 
 
-def plot_losses(history: LossHistory, path: Path, title: str) -> None:
+def plot_losses(history: dict[str, list], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot(history.steps, history.losses, marker="." if len(history.steps) < 50 else None)
+    steps, losses = history["steps"], history["loss"]
+    ax.plot(steps, losses, marker="." if len(steps) < 50 else None)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_title(title)
@@ -205,7 +206,10 @@ def load_model(path: str, model_args: ModelArguments, args: TrainingArguments) -
 
 
 def train(
-    model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    args: TrainingArguments,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> dict[str, Any]:
     """Run one GLPFT stage; returns the training summary (also written to the output dir)."""
     _distributed_defaults(args)
@@ -234,14 +238,13 @@ def train(
     collator = (PackedCollator if data_args.packing else PadCollator)(tokenizer.pad_token_id)
 
     model = load_model(model_path, model_args, args)
-    history = LossHistory()
     trainer = GLPFTTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=[history],
+        callbacks=list(callbacks),
     )
     batch = args.per_device_train_batch_size
     world = args.world_size
@@ -286,7 +289,7 @@ def train(
         "steps": trainer.state.global_step,
         "world_size": world,
         "train_loss": result.training_loss,
-        "loss_history": {"steps": history.steps, "loss": history.losses},
+        "loss_history": loss_history(trainer.state.log_history),
         "lora": asdict(model_args) if model_args.lora_r else None,
         "resumed_from": resume,
         "seconds": round(time.perf_counter() - start, 1),
@@ -298,8 +301,12 @@ def train(
             merged.save_pretrained(out / "merged")
             tokenizer.save_pretrained(out / "merged")
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if history.steps:
-            plot_losses(history, out / "loss.png", f"{Path(args.output_dir).name}: training loss")
+        if summary["loss_history"]["steps"]:
+            plot_losses(
+                summary["loss_history"],
+                out / "loss.png",
+                f"{Path(args.output_dir).name}: training loss",
+            )
     return summary
 
 
