@@ -180,8 +180,15 @@ def _log(args: TrainingArguments, text: str) -> None:
 
 
 def load_model(path: str, model_args: ModelArguments, args: TrainingArguments) -> Any:
-    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
-    kwargs: dict[str, Any] = {"dtype": dtype if torch.cuda.is_available() else torch.float32}
+    # Half-precision weights only where something else keeps fp32: DeepSpeed (its master
+    # weights) or LoRA (the base is frozen). Otherwise fp32 weights under autocast.
+    half = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+    use_half = (
+        half is not None
+        and torch.cuda.is_available()
+        and (model_args.lora_r > 0 or bool(args.deepspeed))
+    )
+    kwargs: dict[str, Any] = {"dtype": half if use_half else torch.float32}
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
     model = transformers.AutoModelForCausalLM.from_pretrained(path, **kwargs)

