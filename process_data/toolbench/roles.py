@@ -31,6 +31,7 @@ from process_data.protocol import (
     NEXT_GIVE_UP,
     OBSERVATION,
     PROMPT_TEMPLATES,
+    SPEAKERS,
     USER,
     check_prompt_type,
     check_role,
@@ -209,6 +210,12 @@ def _plain_history(speaker: str, value: str) -> str:
     return render_turn(speaker, value) if speaker in (USER, OBSERVATION) else ""
 
 
+def _entry(speaker: str, value: str) -> str:
+    """The history entry of any turn (planner, caller and summarizer histories); turns with
+    an unknown speaker are left out, as α-UMi's scripts leave them out."""
+    return render_turn(speaker, value) if speaker in SPEAKERS else ""
+
+
 def _planner(conv: list[dict], out: RoleSteps) -> None:
     history = ""
     for i, turn in enumerate(conv):
@@ -220,10 +227,7 @@ def _planner(conv: list[dict], out: RoleSteps) -> None:
                     out.skipped.append((i, "the call names a hallucinated function"))
                 else:
                     out.steps.append(Step(i, value, out.prompt, history))
-        if speaker in (ASSISTANT, CALLER, CONCLUSION):
-            history += render_turn(speaker, value)
-        else:
-            history += _plain_history(speaker, value)
+        history += _entry(speaker, value)
 
 
 def _caller(conv: list[dict], out: RoleSteps) -> None:
@@ -235,10 +239,7 @@ def _caller(conv: list[dict], out: RoleSteps) -> None:
                 out.skipped.append((i, "the call names a hallucinated function"))
                 continue
             out.steps.append(Step(i, value, out.prompt, history, thought=conv[i - 1]["value"]))
-        if speaker in (ASSISTANT, CALLER, CONCLUSION):
-            history += render_turn(speaker, value)
-        else:
-            history += _plain_history(speaker, value)
+        history += _entry(speaker, value)
 
 
 def _summarizer(conv: list[dict], out: RoleSteps) -> None:
@@ -250,10 +251,7 @@ def _summarizer(conv: list[dict], out: RoleSteps) -> None:
                 out.skipped.append((i, "Finish gave no final answer ('none')"))
                 continue
             out.steps.append(Step(i, value, out.prompt, history))
-        if speaker in (ASSISTANT, CALLER, CONCLUSION):
-            history += render_turn(speaker, value)
-        else:
-            history += _plain_history(speaker, value)
+        history += _entry(speaker, value)
 
 
 def backbone_decision(conv: list[dict], i: int) -> str | None:
