@@ -1,0 +1,1 @@
+"""ToolBench: static step-level inference and evaluation."""
