@@ -103,3 +103,16 @@ def test_breakdown_marks_metrics_that_do_not_apply() -> None:
     assert result.hallucinated == [1]
     assert aggregate([])["plan_em"] == 0.0
     assert json.dumps(result.per_step())
+
+
+def test_step_samples_are_alpha_umis(shared) -> None:
+    """Each sample's planner prompt and reference is one of α-UMi's (it reorders them)."""
+    from inference_utils.toolbench.steps import step_samples
+
+    samples = list(step_samples(read_json(STATIC / "out_of_domain_dev.json")))
+    theirs = read_json(STATIC / "predictions_dev.json")
+    assert len(samples) == len(theirs)
+    assert {(s["model_input"], s["reference"]) for s in samples} == {
+        (t["model_input"], t["reference"]) for t in theirs
+    }
+    assert {s["dispath"] for s in samples} == {t["dispath"] for t in theirs}
