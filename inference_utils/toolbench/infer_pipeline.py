@@ -1,0 +1,307 @@
+"""``python -m inference_utils.toolbench.infer_pipeline``: static step-level inference.
+
+planner → route (caller, summarizer, or stop on a give-up) → caller or summarizer, on every
+gold step of a test file in the stage-2 conversation format; or, with
+``--backbone_model_name_or_path``, the single-LLM backbone on the same steps, scored by the
+same evaluator.
+
+Outputs in ``--output_dir``:
+
+* ``predictions.jsonl``: compact, written as each chunk of samples finishes; a run that is
+  killed and started again with the same arguments continues from it, and ends with the
+  same files as an uninterrupted run (chunks are fixed, so every batch is the same);
+* ``predictions.json``: α-UMi's fields, in input order, for α-UMi's own evaluator.
+
+α-UMi's flags are accepted (``--planner_use_lora``, ``--per_device_eval_batch_size``,
+``--bf16_full_eval``, ``--max_input_length``, the prompt types, and
+``--assistant_prompt_type`` / ``--conclusion_prompt_type`` for the planner and summarizer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from inference_utils.generation import GenerationSettings, HFModels, LoRAModels, RoleModels
+from inference_utils.toolbench.steps import step_samples
+from process_data.jsonio import JsonArrayWriter
+from process_data.protocol import (
+    ASSISTANT,
+    NEXT_MARKERS,
+    build_prompt,
+    format_action,
+    format_plan,
+    parse_action,
+    parse_backbone,
+    render_turn,
+)
+
+ROLES = ("planner", "caller", "summarizer")
+
+
+def route(planner_output: str) -> tuple[str, str]:
+    """``(decision, planner turn)``: the text is cut after its marker, as α-UMi does; an
+    output with no marker is taken as a call."""
+    for decision in ("give up", "conclusion", "caller"):
+        marker = NEXT_MARKERS[decision]
+        if marker in planner_output:
+            return decision, planner_output[: planner_output.index(marker) + len(marker)]
+    return "caller", planner_output + NEXT_MARKERS["caller"]
+
+
+def run_chunk(
+    samples: list[dict], models: RoleModels, prompt_types: dict[str, str], backbone: bool
+) -> list[dict]:
+    """Predictions for a chunk of step samples (the multi-LLM chain, or the backbone)."""
+    if backbone:
+        outputs = models.generate(
+            "backbone",
+            [
+                build_prompt(
+                    "backbone", s["tools"], s["dispath"], prompt_type=prompt_types.get("backbone")
+                )
+                for s in samples
+            ],
+        )
+        return [
+            dict(s, predictions=backbone_prediction(o), backbone_output=o)
+            for s, o in zip(samples, outputs, strict=True)
+        ]
+    plans = models.generate("planner", [s["model_input"] for s in samples])
+    done = [dict(s) for s in samples]
+    follow: dict[str, list[int]] = {"caller": [], "summarizer": []}
+    for k, (sample, output) in enumerate(zip(done, plans, strict=True)):
+        decision, plan = route(output)
+        sample["planner_output"] = output
+        if decision == "give up":
+            sample["predictions"] = plan
+            continue
+        role = "caller" if decision == "caller" else "summarizer"
+        sample["planner_prediction"] = plan
+        sample.update(follow_up_input(sample, role, prompt_types))
+        follow[role].append(k)
+    for role, speaker in (("caller", "caller"), ("summarizer", "conclusion")):
+        if not follow[role]:
+            continue
+        texts = models.generate(role, [done[k][f"model_input_for_{role}"] for k in follow[role]])
+        for k, text in zip(follow[role], texts, strict=True):
+            done[k]["predictions"] = (
+                render_turn(ASSISTANT, done[k]["planner_prediction"]) + f"{speaker}: {text}"
+            )
+    return done
+
+
+def follow_up_input(sample: dict, role: str, prompt_types: dict[str, str]) -> dict[str, str]:
+    """The caller's or summarizer's prompt after the planner's turn (labelled ``assistant:``
+    as in training, where α-UMi's pipeline writes ``planner:``)."""
+    plan = sample["planner_prediction"]
+    history = sample["dispath"] + render_turn(ASSISTANT, plan)
+    thought = plan if role == "caller" else None
+    return {
+        f"model_input_for_{role}": build_prompt(
+            role, sample["tools"], history, thought, prompt_types.get(role)
+        )
+    }
+
+
+def full_record(sample: dict, line: dict, prompt_types: dict[str, str]) -> dict:
+    """A ``predictions.json`` record (α-UMi's fields), from the step sample and its line."""
+    record = {
+        k: sample[k]
+        for k in ("tools", "instruction", "history", "dispath", "model_input", "reference")
+    }
+    record["predictions"] = line["predictions"]
+    if "planner_prediction" in line:
+        record["planner_prediction"] = line["planner_prediction"]
+        role = (
+            "caller"
+            if line["planner_prediction"].endswith(NEXT_MARKERS["caller"])
+            else ("summarizer")
+        )
+        record.update(follow_up_input(record, role, prompt_types))
+    if "backbone_output" in line:
+        record["backbone_output"] = line["backbone_output"]
+    return record
+
+
+def backbone_prediction(output: str) -> str:
+    """A backbone output in the multi-LLM prediction format, so one evaluator scores both."""
+    thought, decision, follow = parse_backbone(output)
+    if decision is None:
+        decision = "caller"
+    plan = format_plan(thought or None, decision)
+    if decision == "give up":
+        return plan
+    if decision == "caller":
+        parsed = parse_action(follow or "")
+        call = format_action(*parsed) if parsed else (follow or "none")
+        return render_turn(ASSISTANT, plan) + "caller: " + call
+    return render_turn(ASSISTANT, plan) + "conclusion: " + (follow or "")
+
+
+def compact(index: int, sample: dict) -> dict:
+    """The ``predictions.jsonl`` line of a sample: what evaluation needs, and the outputs."""
+    keep = ("reference", "predictions", "planner_output", "planner_prediction", "backbone_output")
+    return {
+        "index": index,
+        "tools": [{"Name": t["Name"]} for t in sample["tools"]],
+        **{k: sample[k] for k in keep if k in sample},
+    }
+
+
+def completed_chunks(path: Path, chunk: int, total: int) -> dict[int, dict]:
+    """Lines of complete chunks in an earlier run's ``predictions.jsonl`` (by index)."""
+    lines: dict[int, dict] = {}
+    if path.exists():
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # the run was killed while writing this line
+                lines[item["index"]] = item
+    complete = {}
+    for start in range(0, total, chunk):
+        members = range(start, min(start + chunk, total))
+        if all(i in lines for i in members):
+            complete.update({i: lines[i] for i in members})
+    return complete
+
+
+def build_models(args: argparse.Namespace, settings: GenerationSettings) -> RoleModels:
+    if args.backbone_model_name_or_path:
+        return HFModels({"backbone": args.backbone_model_name_or_path}, settings)
+    paths = {r: getattr(args, f"{r}_model_name_or_path") for r in ROLES}
+    missing = [r for r in ROLES if not paths[r]]
+    if missing:
+        raise SystemExit(
+            f"infer_pipeline: give --{missing[0]}_model_name_or_path (or "
+            "--backbone_model_name_or_path for the single-LLM mode)"
+        )
+    lora = [getattr(args, f"{r}_use_lora") for r in ROLES]
+    if all(lora):
+        return LoRAModels(paths, settings)
+    if any(lora):
+        raise SystemExit("infer_pipeline: use LoRA adapters for all three roles or for none")
+    return HFModels(paths, settings)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m inference_utils.toolbench.infer_pipeline",
+        description=__doc__.splitlines()[0],
+    )
+    for role in ROLES:
+        p.add_argument(f"--{role}_model_name_or_path")
+        p.add_argument(f"--{role}_use_lora", type=_bool, default=False)
+    p.add_argument("--backbone_model_name_or_path")
+    p.add_argument("--data_path", required=True, help="stage-2 test file(s), comma-separated")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--planner_prompt_type", "--assistant_prompt_type", default="toolbench_planner")
+    p.add_argument("--caller_prompt_type", default="toolbench_caller")
+    p.add_argument(
+        "--summarizer_prompt_type", "--conclusion_prompt_type", default="toolbench_summarizer"
+    )
+    p.add_argument("--backbone_prompt_type", default="toolbench_backbone")
+    p.add_argument("--per_device_eval_batch_size", type=int, default=8)
+    p.add_argument("--max_batch_tokens", type=int, default=32768)
+    p.add_argument("--max_input_length", type=int, default=4096)
+    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument("--bf16_full_eval", type=_bool, nargs="?", const=True, default=False)
+    p.add_argument("--do_sample", type=_bool, nargs="?", const=True, default=False)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num_infer_samples", type=int, default=-1)
+    p.add_argument(
+        "--chunk_size",
+        type=int,
+        default=64,
+        help="samples per unit of work saved to predictions.jsonl",
+    )
+    args, unknown = p.parse_known_args(argv)
+    if unknown:  # α-UMi passes TrainingArguments that do not matter here
+        print(f"infer_pipeline: ignoring {' '.join(unknown)}", file=sys.stderr)
+    return args
+
+
+def _bool(text: str) -> bool:
+    return str(text).lower() in ("1", "true", "t", "yes")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from tqdm import tqdm
+
+    from process_data.jsonio import iter_json_array
+
+    records = [r for path in args.data_path.split(",") if path for r in iter_json_array(path)]
+    samples = list(step_samples(records, args.planner_prompt_type))
+    if args.num_infer_samples > 0:
+        samples = samples[: args.num_infer_samples]
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {k: v for k, v in vars(args).items() if k != "output_dir"}
+    config_path = out / "run_config.json"
+    jsonl = out / "predictions.jsonl"
+    if config_path.exists() and json.loads(config_path.read_text()) != config:
+        raise SystemExit(
+            f"infer_pipeline: {out} holds a run with other arguments; use "
+            "another --output_dir or remove it"
+        )
+    config_path.write_text(json.dumps(config, indent=2))
+    done = completed_chunks(jsonl, args.chunk_size, len(samples))
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        max_input_length=args.max_input_length,
+        batch_size=args.per_device_eval_batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        do_sample=args.do_sample,
+        seed=args.seed,
+        dtype="bf16" if args.bf16_full_eval else "auto",
+    )
+    prompt_types = {
+        "planner": args.planner_prompt_type,
+        "caller": args.caller_prompt_type,
+        "summarizer": args.summarizer_prompt_type,
+        "backbone": args.backbone_prompt_type,
+    }
+    # keep only complete chunks, then append
+    with open(jsonl, "w", encoding="utf-8") as fh:
+        for i in sorted(done):
+            fh.write(json.dumps(done[i], ensure_ascii=False) + "\n")
+    todo = [s for s in range(0, len(samples), args.chunk_size) if s not in done]
+    models = build_models(args, settings) if todo else None
+    lines = dict(done)
+    with (
+        open(jsonl, "a", encoding="utf-8") as fh,
+        tqdm(
+            total=len(samples), initial=len(done), unit="step", file=sys.stderr, disable=None
+        ) as bar,
+    ):
+        for start in todo:
+            chunk = samples[start : start + args.chunk_size]
+            predicted = run_chunk(
+                chunk,
+                models,
+                prompt_types,  # type: ignore[arg-type]
+                bool(args.backbone_model_name_or_path),
+            )
+            new = [compact(start + k, s) for k, s in enumerate(predicted)]
+            fh.write("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in new))
+            fh.flush()
+            os.fsync(fh.fileno())
+            lines.update({x["index"]: x for x in new})
+            bar.update(len(chunk))
+    writer = JsonArrayWriter(out / "predictions.json")
+    for i, sample in enumerate(samples):
+        writer.write(full_record(sample, lines[i], prompt_types))
+    writer.commit()
+    print(f"infer_pipeline: {len(samples)} steps → {out / 'predictions.json'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
