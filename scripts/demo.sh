@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up the environment (idempotent) and run the main job on the bundled sample:
 # ToolBench answers → stage 1 → stage 2 → backbone/planner/caller/summarizer training sets →
-# GLPFT stage 1 (backbone) → stage 2 (planner, caller, summarizer) on the default small model.
+# GLPFT stage 1 (backbone) → stage 2 (planner, caller, summarizer) on the default small model →
+# static step-level evaluation of the trained roles (α-UMi's metrics).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -21,4 +22,13 @@ echo "== GLPFT: backbone, then planner/caller/summarizer as LoRA adapters; a few
 scripts/train_glpft.sh --data "$out/data" --out "$out/glpft" --lora 8 -- \
   --max_steps 2 --per_device_train_batch_size 1 --model_max_length 1024 --bf16 \
   --save_strategy no --logging_steps 1
-echo "== done: $out/data (training sets), $out/glpft/{backbone,planner,caller,summarizer}"
+echo "== static evaluation of the trained roles on the sample's steps (one base, 3 adapters)"
+$py -m inference_utils.toolbench.infer_pipeline --data_path "$out/data/raw_data/raw_data_stage_2.json" \
+  --output_dir "$out/static" --num_infer_samples 12 --max_new_tokens 48 \
+  --per_device_eval_batch_size 4 --max_input_length 1024 \
+  --planner_model_name_or_path "$out/glpft/planner" --planner_use_lora True \
+  --caller_model_name_or_path "$out/glpft/caller" --caller_use_lora True \
+  --summarizer_model_name_or_path "$out/glpft/summarizer" --summarizer_use_lora True
+$py -m inference_utils.toolbench.evaluate --input_path "$out/static/predictions.json" \
+  --output_path "$out/static/metrics.json"
+echo "== done: $out/data (training sets), $out/glpft (models), $out/static (metrics)"
