@@ -36,8 +36,14 @@ class Outputs:
     which knows the value left by the earlier batches.
     """
 
-    def __init__(self, writers: dict[str, Any], stale_known: bool = True):
+    def __init__(
+        self,
+        writers: dict[str, Any],
+        stale_known: bool = True,
+        paths: dict[str, Path] | None = None,
+    ):
         self.writers = writers
+        self.paths = paths or {}
         self.stale = StaleInput()
         self.stale_known = stale_known
         self.inline: list[Any] = []
@@ -48,9 +54,7 @@ class Outputs:
             name: JsonlWriter(path) if (name in roles and fmt == "chat") else JsonArrayWriter(path)
             for name, path in paths.items()
         }
-        outputs = cls(writers)
-        outputs.paths = paths  # type: ignore[attr-defined]
-        return outputs
+        return cls(writers, paths=paths)
 
     def streams(self) -> dict[str, bool]:
         """Output name → whether it is JSON lines (what a worker's shards must look like)."""
