@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,3 +44,17 @@ def read_json(path: Path):
 def read_jsonl(path: Path) -> list:
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh]
+
+
+def kill_when(
+    proc: subprocess.Popen, ready: Callable[[], bool], delay: float = 0.0, timeout: float = 300
+) -> None:
+    """SIGKILL a run (started with ``start_new_session=True``, so its workers too) as soon as
+    ``ready()`` holds, after ``delay`` seconds; fail if it ended before."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.01)
+    time.sleep(delay)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from conftest import ALPHA_UMI, REPO, read_json
+from conftest import ALPHA_UMI, REPO, kill_when, read_json
 
 from GLPFT.models import TINY_LLAMA
 
@@ -62,13 +60,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_loss_curve(tmp_path: Path, 
         start_new_session=True,
     )
     state = out / f"checkpoint-{SAVE_EVERY}" / "trainer_state.json"
-    deadline = time.monotonic() + 300
-    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.5)  # into the next step, before the next checkpoint
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, state.exists, delay=0.5)  # into the next step, before the next checkpoint
     assert not (out / "train_summary.json").exists()
     assert not (out / f"checkpoint-{2 * SAVE_EVERY}").exists()
 

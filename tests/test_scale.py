@@ -5,14 +5,12 @@ from __future__ import annotations
 import filecmp
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TOOLBENCH_EXAMPLE, read_json
+from conftest import REPO, TOOLBENCH_EXAMPLE, kill_when, read_json
 
 
 def replicate(dest: Path, copies: int) -> int:
@@ -90,14 +88,7 @@ def test_kill_then_rerun_gives_the_same_output(tmp_path: Path, shared) -> None:
         start_new_session=True,
     )
     partial = out / "train_backbone.json.partial"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if partial.exists() and partial.stat().st_size > 200_000:
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "the run finished before it could be killed; use more files"
-    os.killpg(proc.pid, signal.SIGKILL)  # the parent and its workers
-    proc.wait()
+    kill_when(proc, lambda: partial.exists() and partial.stat().st_size > 200_000)
     # nothing under a final name: no summary, no role file, no stage file
     finals = [p for p in out.rglob("*") if p.is_file() and ".partial" not in str(p)]
     assert finals == []
@@ -122,10 +113,6 @@ def test_killed_rerun_over_a_finished_folder_is_not_marked_complete(tmp_path: Pa
         args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     partial = out / "train_planner.json.partial"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not partial.exists():
-        time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, partial.exists)
     assert not (out / "summary.json").exists()  # the folder no longer claims to be finished
     assert (out / "train_planner.json").read_bytes() == before  # never half-overwritten

@@ -3,15 +3,12 @@ single-LLM mode, LoRA adapters on one base."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ALPHA_UMI, REPO, read_json, read_jsonl
+from conftest import ALPHA_UMI, REPO, kill_when, read_json, read_jsonl
 
 from inference_utils.toolbench.steps import step_samples
 
@@ -107,14 +104,7 @@ def test_sigkill_then_rerun_finishes_with_the_same_files(tmp_path: Path, shared)
         start_new_session=True,
     )
     jsonl = out / "predictions.jsonl"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if jsonl.exists() and jsonl.read_text().count("\n") >= 8:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, lambda: jsonl.exists() and jsonl.read_text().count("\n") >= 8)
     assert not (out / "predictions.json").exists()
     with open(jsonl, "a") as fh:  # a line cut short by the kill
         fh.write('{"index": 39, "tools": [')
