@@ -228,14 +228,15 @@ def machine() -> str:
     )
 
 
-def write_results(text: str) -> None:
-    """Replace (or add) this benchmark's section of RESULTS.md, keeping the others."""
+def write_results(text: str, section: str = SECTION) -> None:
+    """Replace (or add) a benchmark's section of RESULTS.md (``text`` starts with its
+    ``section`` heading), keeping the others."""
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    start = old.find(SECTION)
+    start = old.find(section)
     if start == -1:
         new = old.rstrip("\n") + "\n\n" + text
     else:
-        end = old.find("\n## ", start + len(SECTION))
+        end = old.find("\n## ", start + len(section))
         new = old[:start] + text + (old[end + 1 :] if end != -1 else "")
     RESULTS.write_text(new.rstrip("\n") + "\n")
 

@@ -41,11 +41,10 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from bench_prepro import machine
+from bench_prepro import RESULTS, machine, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "alpha_umi" / "train-example" / "train_planner.json"
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION = "## Training (GLPFT)"
 CONFIGS = {
     "a": "(a) ours: `GLPFT.train` defaults",
@@ -318,18 +317,6 @@ def interpretation(runs: dict[str, Measure], max_length: int) -> str:
     )
 
 
-def write_results(text: str) -> None:
-    """Replace (or add) this benchmark's section of RESULTS.md, keeping the others."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    start = old.find(SECTION)
-    if start == -1:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[end + 1 :] if end != -1 else "")
-    RESULTS.write_text(new.rstrip("\n") + "\n")
-
-
 def report(runs: dict[str, Measure], args: argparse.Namespace, minutes: float) -> str:
     flags = f"--steps {args.steps} --max_length {args.max_length} --repeat {args.repeat}"
     others = max(m.others for m in runs.values())
@@ -408,7 +395,7 @@ def main() -> None:
         print(verdicts(best))
     print(f"bench_train: {minutes:.1f} minutes", file=sys.stderr)
     if args.write_results:
-        write_results(report(best, args, minutes))
+        write_results(report(best, args, minutes), SECTION)
         print(f"wrote {RESULTS}", file=sys.stderr)
 
 

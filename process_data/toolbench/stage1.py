@@ -21,16 +21,6 @@ import orjson
 from process_data.protocol import FINISH
 from process_data.toolbench.records import RecordError, require, require_str
 
-#: ToolBench's test sets; the prefix before ``_`` is the group whose answers they exclude.
-TEST_SETS = (
-    "G1_category",
-    "G1_instruction",
-    "G1_tool",
-    "G2_category",
-    "G2_instruction",
-    "G3_instruction",
-)
-
 _GROUP_RE = re.compile(r"^(G\d+)(?:_|$)")
 
 
