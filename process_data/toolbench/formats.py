@@ -198,24 +198,30 @@ class ChatEncoder:
             self._backbone = out
         return self._backbone
 
-    def encode(self, role: str, step: Step, step_number: int) -> str:
+    def prompt(self, role: str, index: int) -> list[dict]:
+        """The messages a role sees before turn ``index``, system prompt first: the input of
+        a training sample, and what inference sends to a chat endpoint."""
         if role == "backbone":
-            pairs = self._backbone_messages()
-            n = next(j for j, (first, _) in enumerate(pairs) if first == step.index)
-            messages = [m for _, m in pairs[: n + 1]]
+            history = [m for first, m in self._backbone_messages() if first < index]
         else:
-            history = self._multi_messages()[: step.index]  # one message per turn
-            if role == "caller":
-                target = self._call_message(step.index, step.target)
-            else:
-                target = {"role": "assistant", "content": step.target}
-            messages = history + [target]
+            history = self._multi_messages()[:index]  # one message per turn
+        return [{"role": "system", "content": CHAT_SYSTEM[role]}, *history]
+
+    def encode(self, role: str, step: Step, step_number: int) -> str:
+        messages = self.prompt(role, step.index)
+        if role == "backbone":
+            target = next(m for first, m in self._backbone_messages() if first == step.index)
+        elif role == "caller":
+            target = self._call_message(step.index, step.target)
+        else:
+            target = {"role": "assistant", "content": step.target}
+        messages.append(target)
         record = {
             "id": f"{self.record_id}#{step_number}",
             "role": role,
-            "messages": [{"role": "system", "content": CHAT_SYSTEM[role]}] + messages,
+            "messages": messages,
             "tools": self.tools,
-            "train_turns": [len(messages)],
+            "train_turns": [len(messages) - 1],
         }
         return json.dumps(record, ensure_ascii=False)
 

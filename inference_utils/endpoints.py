@@ -1,0 +1,232 @@
+"""Role models behind OpenAI-compatible HTTP endpoints (vLLM, llama.cpp, TGI, OpenAI, ...).
+
+A role speaks to its endpoint through ``/completions`` (the α-UMi text prompt, exactly the
+training input) or ``/chat/completions`` (the chat format's messages and tools). Each request
+has a timeout and is retried, with exponential backoff, on connection errors, timeouts,
+429 and 5xx answers. A 4xx answer is final, except one: servers whose chat template knows
+only ``system``/``user``/``assistant`` reject ``tool`` (or ``function``) messages, for example
+with ``{"given":"function","permitted":["system","assistant","user"]}``. The client then
+rewrites such turns as plain ``user`` / ``assistant`` text (as α-UMi's history renders them)
+and sends the request again; it remembers to do so for the rest of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from process_data.protocol import MODEL_INPUT_PREFIX, OBSERVATION, format_action
+
+APIS = ("completions", "chat")
+_RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+_ROLE_WORDS = re.compile(r"\b(tool|function)\b", re.I)
+
+
+class EndpointError(RuntimeError):
+    """A request that failed for good (after retries, or with a final 4xx answer)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a role is served: ``url`` is the API base, e.g. ``http://127.0.0.1:8000/v1``."""
+
+    url: str
+    model: str | None = None  # None: the first model the server lists
+    api: str = "completions"
+    api_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.api not in APIS:
+            raise ValueError(f"endpoint api must be one of {APIS}, not {self.api!r}")
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint url must start with http:// or https://: {self.url!r}")
+
+
+def rejects_tool_roles(status: int, body: str) -> bool:
+    """Whether a 4xx answer says the server does not accept ``tool``/``function`` messages."""
+    if not 400 <= status < 500:
+        return False
+    try:
+        found = _find_role_rejection(json.loads(body))
+    except ValueError:
+        found = False
+    return found or ("role" in body.lower() and bool(_ROLE_WORDS.search(body)))
+
+
+def _find_role_rejection(value: Any) -> bool:
+    if isinstance(value, dict):
+        if value.get("given") in ("tool", "function") and "permitted" in value:
+            return True
+        return any(_find_role_rejection(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_find_role_rejection(v) for v in value)
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            return _find_role_rejection(json.loads(value))
+        except ValueError:
+            return False
+    return False
+
+
+def plain_roles(messages: Sequence[dict]) -> list[dict]:
+    """Messages with tool results as ``user`` text and tool calls as ``assistant`` text."""
+    out = []
+    for m in messages:
+        if m["role"] in ("tool", "function"):
+            out.append({"role": "user", "content": f"{OBSERVATION}: {m.get('content') or ''}"})
+        elif m.get("tool_calls"):
+            calls = [
+                format_action(c["function"]["name"], c["function"]["arguments"])
+                for c in m["tool_calls"]
+            ]
+            text = "\n".join(filter(None, [m.get("content") or "", *calls]))
+            out.append({"role": "assistant", "content": text})
+        else:
+            out.append({"role": m["role"], "content": m.get("content") or ""})
+    return out
+
+
+def message_text(message: dict) -> str:
+    """A chat answer as text: its content, then its tool calls in the caller's format."""
+    calls = [
+        format_action(c["function"]["name"], c["function"].get("arguments") or "{}")
+        for c in message.get("tool_calls") or []
+    ]
+    return "\n".join(filter(None, [message.get("content") or "", *calls]))
+
+
+class EndpointClient:
+    """One role's endpoint: thread-safe, pooled connections, timeouts and retries."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 4,
+        backoff: float = 0.5,
+        max_connections: int = 16,
+    ):
+        self.endpoint = endpoint
+        self.sampling = {"max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
+        if seed is not None:
+            self.sampling["seed"] = seed
+        self.max_retries = max_retries
+        self.backoff = backoff
+        key = endpoint.api_key or os.environ.get("OPENAI_API_KEY")
+        self._http = httpx.Client(
+            base_url=endpoint.url.rstrip("/"),
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            headers={"Authorization": f"Bearer {key}"} if key else {},
+            limits=httpx.Limits(max_connections=max_connections),
+        )
+        self._lock = threading.Lock()
+        self._model = endpoint.model
+        self.plain_roles = False  # set once the server rejects tool messages
+        self.requests = 0
+        self.retries = 0
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> EndpointClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def model(self) -> str:
+        with self._lock:
+            if self._model is None:
+                listed = self._request("GET", "/models", None).get("data") or []
+                if not listed:
+                    raise EndpointError(f"{self.endpoint.url}/models lists no model")
+                self._model = listed[0]["id"]
+            return self._model
+
+    def complete(self, prompt: str) -> str:
+        """The completion of an α-UMi text prompt (``"system: "`` prefixed, as in training)."""
+        body = {"model": self.model, "prompt": MODEL_INPUT_PREFIX + prompt, **self.sampling}
+        answer = self._request("POST", "/completions", body)
+        return _first_choice(answer, self.endpoint.url)["text"]
+
+    def chat(self, messages: Sequence[dict], tools: Sequence[dict] | None = None) -> str:
+        """The answer to chat messages, as text (tool calls in the caller's format)."""
+        plain = self.plain_roles  # read once: other threads may set it meanwhile
+        body: dict[str, Any] = {"model": self.model, **self.sampling}
+        if tools and not plain:
+            body["tools"] = list(tools)
+        body["messages"] = plain_roles(messages) if plain else list(messages)
+        try:
+            answer = self._request("POST", "/chat/completions", body, roles_may_fail=not plain)
+        except _RoleRejected:
+            self.plain_roles = True
+            return self.chat(messages, tools)
+        return message_text(_first_choice(answer, self.endpoint.url)["message"])
+
+    def generate(self, prompt: str | Sequence[dict], tools: Sequence[dict] | None = None) -> str:
+        """Text prompts go to the completions API, message lists to the chat API."""
+        return self.complete(prompt) if isinstance(prompt, str) else self.chat(prompt, tools)
+
+    def _request(
+        self, method: str, path: str, body: dict | None, roles_may_fail: bool = False
+    ) -> dict:
+        where = f"{method} {self.endpoint.url.rstrip('/')}{path}"
+        for attempt in range(self.max_retries + 1):
+            self.requests += 1
+            delay = self.backoff * 2**attempt
+            try:
+                response = self._http.request(method, path, json=body)
+            except httpx.TransportError as exc:  # refused, reset, timed out
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code < 400:
+                    try:
+                        return response.json()
+                    except ValueError:
+                        problem = f"answer is not JSON: {response.text[:200]!r}"
+                elif response.status_code in _RETRY_STATUS:
+                    problem = f"HTTP {response.status_code}: {response.text[:200]}"
+                    delay = max(delay, _retry_after(response))
+                elif roles_may_fail and rejects_tool_roles(response.status_code, response.text):
+                    raise _RoleRejected
+                else:
+                    raise EndpointError(
+                        f"{where}: HTTP {response.status_code}: {response.text[:500]}"
+                    )
+            if attempt == self.max_retries:
+                break
+            self.retries += 1
+            time.sleep(min(delay, 30.0))
+        raise EndpointError(f"{where}: failed after {self.max_retries + 1} attempts: {problem}")
+
+
+class _RoleRejected(Exception):
+    pass
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return float(response.headers.get("retry-after", 0))
+    except ValueError:
+        return 0.0
+
+
+def _first_choice(answer: dict, url: str) -> dict:
+    choices = answer.get("choices") or []
+    if not choices:
+        raise EndpointError(f"{url}: answer has no choices: {json.dumps(answer)[:300]}")
+    return choices[0]

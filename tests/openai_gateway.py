@@ -1,0 +1,116 @@
+"""A real HTTP gateway in front of an OpenAI-compatible server, for fault injection.
+
+It forwards every request to the upstream server and can, on demand, behave like the servers
+users meet: answer 503 or 500, answer late, or refuse ``tool``/``function`` messages with
+``{"given":"function","permitted":["system","assistant","user"]}``. It logs each request and
+which gateways were busy when it arrived, so tests can see concurrency across role endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+PERMITTED = ["system", "assistant", "user"]
+
+
+@dataclass
+class Faults:
+    reject_tool_roles: bool = False
+    fail_first: int = 0  # answer the first N POSTs with ``fail_status``
+    fail_status: int = 503
+    fail_always: bool = False
+    delay_first: int = 0  # hold the first N POSTs for ``delay`` seconds
+    delay: float = 0.0
+
+
+@dataclass
+class Busy:
+    """In-flight requests per gateway, shared by the gateways of one test."""
+
+    now: dict[str, int] = field(default_factory=dict)
+    seen: list[tuple[str, ...]] = field(default_factory=list)  # busy gateways at each arrival
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def enter(self, name: str) -> None:
+        with self.lock:
+            self.now[name] = self.now.get(name, 0) + 1
+            self.seen.append(tuple(sorted(k for k, v in self.now.items() if v)))
+
+    def leave(self, name: str) -> None:
+        with self.lock:
+            self.now[name] -= 1
+
+
+class Gateway:
+    def __init__(self, name: str, upstream: str, busy: Busy | None = None):
+        self.name = name
+        self.upstream = upstream.rstrip("/")
+        self.busy = busy or Busy()
+        self.faults = Faults()
+        self.log: list[dict] = []  # {path, body, status}
+        self.posts = 0
+        self.app = FastAPI()
+        self.app.add_api_route("/v1/{path:path}", self._handle, methods=["GET", "POST"])
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def __enter__(self) -> Gateway:
+        self._thread.start()
+        deadline = time.time() + 30
+        while not self._server.started:
+            if time.time() > deadline:
+                raise RuntimeError("gateway did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    def statuses(self) -> list[int]:
+        return [entry["status"] for entry in self.log]
+
+    async def _handle(self, path: str, request: Request) -> JSONResponse:
+        body = await request.json() if request.method == "POST" else None
+        if body is None:
+            async with httpx.AsyncClient(timeout=600) as client:
+                answer = await client.get(f"{self.upstream}/{path}")
+            return JSONResponse(answer.json(), status_code=answer.status_code)
+        self.busy.enter(self.name)
+        try:
+            self.posts += 1
+            n, f = self.posts, self.faults
+            status, content = None, None
+            if f.fail_always or n <= f.fail_first:
+                status, content = f.fail_status, {"error": {"message": "injected failure"}}
+            elif f.reject_tool_roles:
+                bad = next(
+                    (m["role"] for m in body.get("messages", []) if m["role"] not in PERMITTED),
+                    None,
+                )
+                if bad is not None:
+                    status, content = 400, {"given": bad, "permitted": PERMITTED}
+            if status is None and n <= f.delay_first:
+                await asyncio.sleep(f.delay)
+            if status is None:
+                async with httpx.AsyncClient(timeout=600) as client:
+                    answer = await client.post(f"{self.upstream}/{path}", json=body)
+                status, content = answer.status_code, answer.json()
+            self.log.append({"path": path, "body": body, "status": status})
+            return JSONResponse(content, status_code=status)
+        finally:
+            self.busy.leave(self.name)

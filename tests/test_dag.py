@@ -1,0 +1,158 @@
+"""The task graph executor: dependency order, lane limits, failures, growth while running."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from inference_utils.dag import DependencyFailed, TaskGraph, UnschedulableTasks
+
+
+class Gauge:
+    """Counts tasks in flight, overall and per lane, and keeps the maxima."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+
+    def task(self, lane: str, value=None, seconds: float = 0.02):
+        def run(*_):
+            with self.lock:
+                for k in (lane, "*"):
+                    self.now[k] = self.now.get(k, 0) + 1
+                    self.peak[k] = max(self.peak.get(k, 0), self.now[k])
+            time.sleep(seconds)
+            with self.lock:
+                for k in (lane, "*"):
+                    self.now[k] -= 1
+            return value
+
+        return run
+
+
+def test_results_flow_along_dependencies_in_order() -> None:
+    graph = TaskGraph(max_workers=4)
+    order: list[str] = []
+
+    def step(name, fn):
+        def run(*args):
+            order.append(name)
+            return fn(*args)
+
+        return run
+
+    graph.add("c", step("c", lambda a, b: a + b), deps=["a", "b"])  # added before its inputs
+    graph.add("a", step("a", lambda: 2))
+    graph.add("b", step("b", lambda a: a * 10), deps=["a"])
+    graph.add("d", step("d", lambda c, a, c2: (c, a, c2)), deps=["c", "a", "c"])
+    outcome = graph.run()
+    assert outcome.results == {"a": 2, "b": 20, "c": 22, "d": (22, 2, 22)}
+    assert order.index("a") < order.index("b") < order.index("c") < order.index("d")
+    assert outcome.errors == {}
+
+
+def test_lanes_cap_their_own_concurrency_and_not_the_others() -> None:
+    gauge = Gauge()
+    graph = TaskGraph(max_workers=6, lanes={"slow": 2})
+    for i in range(8):
+        graph.add(("slow", i), gauge.task("slow", seconds=0.05), lane="slow")
+        graph.add(("fast", i), gauge.task("fast", seconds=0.05), lane="fast")
+    outcome = graph.run()
+    assert len(outcome.results) == 16
+    assert gauge.peak["slow"] == 2
+    assert gauge.peak["fast"] == 4  # the six workers minus the slow lane's two
+    assert gauge.peak["*"] == 6
+
+
+def test_a_blocked_lane_does_not_stall_another() -> None:
+    released = threading.Event()
+    graph = TaskGraph(max_workers=4, lanes={"a": 1, "b": 1})
+    graph.add("wait", lambda: released.wait(timeout=10), lane="a")
+    graph.add("queued", lambda: "ran", lane="a")
+    graph.add("release", released.set, lane="b")
+    outcome = graph.run()
+    assert outcome["wait"] is True  # released by lane b while lane a was full
+    assert outcome["queued"] == "ran"
+
+
+def test_a_failure_fails_its_dependents_only() -> None:
+    errors: list = []
+
+    def boom():
+        raise OSError("tool server down")
+
+    graph = TaskGraph(max_workers=2, on_error=lambda g, k, e: errors.append(k))
+    graph.add("bad", boom)
+    graph.add("child", lambda x: x, deps=["bad"])
+    graph.add("grandchild", lambda x: x, deps=["child"])
+    graph.add("good", lambda: 1)
+    graph.add("after_good", lambda x: x + 1, deps=["good"])
+    outcome = graph.run()
+    assert outcome.results == {"good": 1, "after_good": 2}
+    assert isinstance(outcome.errors["bad"], OSError)
+    child = outcome.errors["grandchild"]
+    assert isinstance(child, DependencyFailed) and child.dependency == "child"
+    assert "tool server down" in str(child)
+    assert sorted(errors) == ["bad", "child", "grandchild"]
+    with pytest.raises(OSError):
+        outcome["bad"]
+
+
+def test_on_done_grows_the_graph_while_it_runs() -> None:
+    def route(graph: TaskGraph, key, result) -> None:
+        if key[1] == "plan":
+            role = "caller" if result % 2 else "summarizer"
+            graph.add((key[0], role), lambda r=result: r * 100, deps=[key], lane=role)
+
+    graph = TaskGraph(max_workers=3, lanes={"caller": 1, "summarizer": 1}, on_done=route)
+    for i in range(6):
+        graph.add((i, "plan"), lambda i=i: i, lane="planner")
+    outcome = graph.run()
+    follow = {k: v for k, v in outcome.results.items() if k[1] != "plan"}
+    assert follow == {(i, "caller" if i % 2 else "summarizer"): i * 100 for i in range(6)}
+
+
+def test_tasks_added_after_their_dependency_failed_fail_too() -> None:
+    def boom():
+        raise ValueError("bad plan")
+
+    def late(graph, key, error):
+        if key == "plan":
+            graph.add("follow", lambda x: x, deps=["plan"])
+
+    graph = TaskGraph(on_error=late)
+    graph.add("plan", boom)
+    outcome = graph.run()
+    assert isinstance(outcome.errors["follow"], DependencyFailed)
+
+
+@pytest.mark.parametrize(
+    "tasks",
+    [
+        [("a", ["missing"])],
+        [("a", ["b"]), ("b", ["a"])],
+        [("a", []), ("b", ["c"]), ("c", ["b"])],
+    ],
+    ids=["missing", "cycle", "cycle-beside-a-good-task"],
+)
+def test_unschedulable_tasks_are_named(tasks) -> None:
+    graph = TaskGraph()
+    for key, deps in tasks:
+        graph.add(key, lambda *a: 0, deps=deps)
+    with pytest.raises(UnschedulableTasks, match="can never run") as info:
+        graph.run()
+    assert "'b'" in str(info.value) or "'a'" in str(info.value)
+
+
+def test_bad_arguments_are_refused() -> None:
+    graph = TaskGraph()
+    graph.add("x", lambda: 0)
+    with pytest.raises(ValueError, match="already added"):
+        graph.add("x", lambda: 1)
+    with pytest.raises(ValueError, match="at least 1"):
+        TaskGraph(max_workers=0)
+    with pytest.raises(ValueError, match="at least 1"):
+        TaskGraph(lanes={"a": 0})
