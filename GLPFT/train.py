@@ -30,7 +30,7 @@ from transformers import HfArgumentParser, TrainerCallback
 from GLPFT.collate import PackedCollator, PadCollator
 from GLPFT.data import DataStats, build_dataset, cpu_count, pack_dataset
 from GLPFT.models import resolve_model
-from GLPFT.trainer import GLPFTTrainer
+from GLPFT.trainer import GLPFTTrainer, RowByRowTrainer
 
 
 @dataclass
@@ -76,6 +76,20 @@ class TrainingArguments(transformers.TrainingArguments):
     cache_dir: str | None = None
     optim: str = "adamw_torch"
     remove_unused_columns: bool = False
+    row_by_row: str = field(
+        default="auto",
+        metadata={
+            "help": "train each row of a padded batch on its own, unpadded and mask-free "
+            "(faster and lighter where batching buys little); auto: on CPU without "
+            "DeepSpeed or FSDP",
+            "choices": ["auto", "true", "false"],
+        },
+    )
+
+    def use_row_by_row(self) -> bool:
+        if self.row_by_row != "auto":
+            return self.row_by_row == "true"
+        return (self.use_cpu or not torch.cuda.is_available()) and not (self.deepspeed or self.fsdp)
 
 
 #: α-UMi flags renamed since transformers 4.28, and their current names
@@ -245,7 +259,8 @@ def train(
     collator = (PackedCollator if data_args.packing else PadCollator)(tokenizer.pad_token_id)
 
     model = load_model(model_path, model_args, args)
-    trainer = GLPFTTrainer(
+    row_by_row = args.use_row_by_row() and not data_args.packing
+    trainer = (RowByRowTrainer if row_by_row else GLPFTTrainer)(
         model=model,
         args=args,
         train_dataset=dataset,
@@ -264,6 +279,8 @@ def train(
     )
     padding = _padding_estimate(dataset["length"], batch, not data_args.packing)
     packed = f"packed into {len(dataset):,} rows, " if data_args.packing else ""
+    if row_by_row:
+        packed, padding = "rows trained one by one, unpadded, ", 0.0
     _log(
         args,
         (

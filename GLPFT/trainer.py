@@ -4,10 +4,18 @@ On planner data only about 7% of the tokens carry a label; a 49k-vocabulary head
 position spends most of its compute and memory on logits nobody uses. The model is called
 with ``logits_to_keep`` set to the positions that predict a trained token in any row of the
 batch, so wrappers (DDP, DeepSpeed, peft) see an ordinary forward call.
+
+With ``row_by_row``, each row of a padded batch runs forward and backward on its own, without
+its padding and without an attention mask. Attention then takes the causal fast path (a
+padding mask makes SDPA compute the masked upper triangle as well, and keep the whole score
+matrix for the backward pass), and only one row's activations are alive at a time. The
+gradients are those of the whole batch: each row's loss is normalised by the batch's trained
+token count, and DDP synchronises only after the last row.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -58,3 +66,34 @@ class GLPFTTrainer(Trainer):
             if self.args.average_tokens_across_devices:
                 loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
+
+
+def unpadded_rows(inputs: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """Each row of a padded batch without its padding (and without an attention mask)."""
+    mask = inputs["attention_mask"].bool()
+    rest = {k: v for k, v in inputs.items() if k != "attention_mask"}
+    return [{k: v[row : row + 1, mask[row]] for k, v in rest.items()} for row in range(len(mask))]
+
+
+class RowByRowTrainer(GLPFTTrainer):
+    """Trains each row of a padded batch separately (see the module docstring); batches
+    without padding, and calls without a token count, take the usual path."""
+
+    def training_step(
+        self,
+        model: Any,
+        inputs: dict[str, torch.Tensor],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        mask = inputs.get("attention_mask")
+        if num_items_in_batch is None or mask is None or bool(mask.all()):
+            return super().training_step(model, inputs, num_items_in_batch)
+        rows = unpadded_rows(inputs)
+        total = None
+        for k, row in enumerate(rows):
+            last = k == len(rows) - 1
+            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(model)
+            with sync:
+                loss = super().training_step(model, row, num_items_in_batch)
+            total = loss if total is None else total + loss
+        return total

@@ -303,17 +303,19 @@ def interpretation(runs: dict[str, Measure], max_length: int) -> str:
     )
     return (
         f"Against (b), the gain is padding: α-UMi pads every sample to {max_length} tokens "
-        f"({b.padding:.0%} of the positions are padding, {a.padding:.0%} for ours) and "
-        "computes the 49k-vocabulary logits at all of them. (d) pads the same batches as "
-        f"ours ({d.padding:.0%} padding, the same sampler); there the gain is the LM head: "
-        "ours pads on the left so that the targets line up at the end of the rows, and "
-        "computes logits and loss only at the positions that predict a trained token "
-        f"({a.trained / a.real:.0%} of the real tokens here), where (d) builds the logits of "
-        "every position and upcasts them to fp32; attention over the padded width, the same "
-        "in both, takes most of a long step on this CPU. TRL's defaults (c) avoid the full "
-        "logits too (a chunked LM head), but turn gradient checkpointing on (one more forward "
-        "pass per step, which lowers its peak memory; ours checkpoints only when asked) and "
-        f"do not group by length ({c.padding:.0%} padding); {trl}. Targets: {verdicts(runs)}"
+        f"({b.padding:.0%} of the positions are padding) and computes the 49k-vocabulary "
+        "logits at all of them. (a) and (d) collate the same batches "
+        f"({a.padding:.0%} and {d.padding:.0%} padding, the same sampler), but on CPU ours "
+        "trains each row alone (`--row_by_row auto`): no padding is computed, no attention "
+        "mask is passed, so SDPA takes its causal fast path, where (d)'s padding mask makes it "
+        "compute the masked triangle too and keep the score matrix for the backward pass; "
+        "only one row's activations are alive at a time, which is where the memory goes. "
+        "Ours also computes logits and loss only at the positions that predict a trained "
+        f"token ({a.trained / a.real:.0%} of the real tokens here), where (d) builds the "
+        "logits of every position and upcasts them to fp32. TRL's defaults (c) avoid the "
+        "full logits too (a chunked LM head), but turn gradient checkpointing on (one more "
+        "forward pass per step, which lowers its peak memory) and do not group by length "
+        f"({c.padding:.0%} padding); {trl}. Targets: {verdicts(runs)}"
     )
 
 

@@ -173,3 +173,31 @@ def test_best_fit_bins_respect_capacity() -> None:
     assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
     assert all(sum(lengths[i] for i in b) <= 1000 for b in bins)
     assert len(bins) == -(-sum(lengths) // 1000)  # optimal here: no bin could be saved
+
+
+def test_row_by_row_training_step_has_the_padded_batch_gradient(tokenizer, tmp_path, shared):
+    """Each row trained alone (unpadded, mask-free, one backward per row) gives the gradient
+    of the whole padded batch, and the same reported loss."""
+    from transformers import AutoModelForCausalLM
+
+    from GLPFT.train import TrainingArguments
+    from GLPFT.trainer import GLPFTTrainer, RowByRowTrainer, unpadded_rows
+
+    feats = _features(tokenizer, n=3)
+    batch = PadCollator(tokenizer.pad_token_id)(feats)
+    assert not batch["attention_mask"].bool().all()  # there is padding to drop
+    rows = unpadded_rows(batch)
+    assert [r["input_ids"].shape[1] for r in rows] == [len(f["input_ids"]) for f in feats]
+    assert all("attention_mask" not in r for r in rows)
+    count = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    grads, losses = [], []
+    for cls in (GLPFTTrainer, RowByRowTrainer):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(TINY_LLAMA), dtype=torch.float32)
+        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+        trainer = cls(model=model, args=args)
+        losses.append(trainer.training_step(model, dict(batch), num_items_in_batch=count))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(losses[0], losses[1], rtol=1e-5)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+    assert grads[0].abs().sum() > 0
