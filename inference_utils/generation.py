@@ -9,12 +9,19 @@ Generation is batched: prompts are sorted by length, left-padded, and run greedi
 is optional, seeded) with the KV cache; a batch holds at most ``batch_size`` prompts and
 ``max_batch_tokens`` prompt tokens. Prompts are ``"system: " + input``, as in training, and
 lose their start (after leading special tokens) beyond ``max_input_length`` tokens.
+
+With ``batch_size=1`` (the default on CPU, where prefilling long prompts dominates and
+batching only pads them), prompts run one by one, in input order, without padding or mask,
+and each reuses the KV cache of the longest prefix it shares with the previous one: the
+steps of a trajectory repeat the tool documents and the history so far, so most of a prompt
+is often already computed. The cache lives for one call, so a call's outputs do not depend
+on earlier calls.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -24,11 +31,17 @@ from GLPFT.models import resolve_model
 from process_data.protocol import MODEL_INPUT_PREFIX
 
 
+def default_batch_size() -> int:
+    """8 on a GPU; 1 on CPU, where prompts then share their prefixes' KV cache."""
+    return 8 if torch.cuda.is_available() else 1
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     max_new_tokens: int = 256
     max_input_length: int = 4096
-    batch_size: int = 8
+    batch_size: int = field(default_factory=default_batch_size)
+    reuse_prefixes: bool = True  # with batch_size 1
     max_batch_tokens: int = 32768
     do_sample: bool = False
     temperature: float = 1.0
@@ -70,6 +83,20 @@ def batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[li
     return out
 
 
+def _decoding(settings: GenerationSettings, tokenizer: Any, pad: int) -> dict[str, Any]:
+    """``generate`` arguments: greedy, or seeded sampling; stop at the tokenizer's EOS."""
+    return {
+        "max_new_tokens": settings.max_new_tokens,
+        "do_sample": settings.do_sample,
+        "temperature": settings.temperature if settings.do_sample else None,
+        "top_p": settings.top_p if settings.do_sample else None,
+        "top_k": None,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": pad,
+        "use_cache": True,
+    }
+
+
 def generate_batched(
     model: Any, tokenizer: Any, prompts: Sequence[str], settings: GenerationSettings
 ) -> list[str]:
@@ -86,6 +113,11 @@ def generate_batched(
     ]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id)
     device = next(model.parameters()).device
+    if settings.batch_size == 1 and settings.reuse_prefixes:
+        return [
+            clean_output(tokenizer.decode(new, skip_special_tokens=True))
+            for new in generate_reusing_prefixes(model, tokenizer, ids, settings, pad)
+        ]
     outputs: list[str] = [""] * len(prompts)
     for batch in batches([len(x) for x in ids], settings.batch_size, settings.max_batch_tokens):
         width = max(len(ids[i]) for i in batch)
@@ -100,19 +132,52 @@ def generate_batched(
             generated = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=mask.to(device),
-                max_new_tokens=settings.max_new_tokens,
-                do_sample=settings.do_sample,
-                temperature=settings.temperature if settings.do_sample else None,
-                top_p=settings.top_p if settings.do_sample else None,
-                top_k=None,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=pad,
-                use_cache=True,
+                **_decoding(settings, tokenizer, pad),
             )
         for row, i in enumerate(batch):
             new = generated[row, width:]
             outputs[i] = clean_output(tokenizer.decode(new, skip_special_tokens=True))
     return outputs
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for k in range(n):
+        if a[k] != b[k]:
+            return k
+    return n
+
+
+def generate_reusing_prefixes(
+    model: Any, tokenizer: Any, ids: Sequence[list[int]], settings: GenerationSettings, pad: int
+) -> list[list[int]]:
+    """New tokens for each prompt, one by one, each reusing the KV cache of the prefix it
+    shares with the previous prompt (or that prompt's output)."""
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    cache, cached, out = None, [], []
+    for k, prompt in enumerate(ids):
+        keep = min(common_prefix(cached, prompt), len(prompt) - 1)  # at least one new token
+        if cache is None or keep == 0:
+            cache, keep = DynamicCache(config=model.config), 0
+        elif keep < cache.get_seq_length():
+            cache.crop(keep - cache.get_seq_length())
+        if settings.do_sample:
+            torch.manual_seed(settings.seed + k)
+        with torch.no_grad():
+            result = model.generate(
+                input_ids=torch.tensor([prompt], device=device),
+                attention_mask=torch.ones((1, len(prompt)), dtype=torch.long, device=device),
+                past_key_values=cache,
+                return_dict_in_generate=True,
+                **_decoding(settings, tokenizer, pad),
+            )
+        cache = result.past_key_values
+        sequence = result.sequences[0].tolist()
+        cached = sequence[: cache.get_seq_length()]
+        out.append(sequence[len(prompt) :])
+    return out
 
 
 def _load(path: str, settings: GenerationSettings) -> tuple[Any, Any]:

@@ -41,6 +41,7 @@ from inference_utils.generation import (
     LoRAModels,
     RoleModels,
     clean_output,
+    default_batch_size,
 )
 from inference_utils.toolbench.steps import step_samples
 from process_data.jsonio import JsonArrayWriter
@@ -328,7 +329,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--summarizer_prompt_type", "--conclusion_prompt_type", default="toolbench_summarizer"
     )
     p.add_argument("--backbone_prompt_type", default="toolbench_backbone")
-    p.add_argument("--per_device_eval_batch_size", type=int, default=8)
+    p.add_argument(
+        "--per_device_eval_batch_size",
+        type=int,
+        help="default: 8 on a GPU; 1 on CPU, where prompts reuse their shared prefixes' cache",
+    )
     p.add_argument("--max_batch_tokens", type=int, default=32768)
     p.add_argument("--max_input_length", type=int, default=4096)
     p.add_argument("--max_new_tokens", type=int, default=256)
@@ -378,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens,
         max_input_length=args.max_input_length,
-        batch_size=args.per_device_eval_batch_size,
+        batch_size=args.per_device_eval_batch_size or default_batch_size(),
         max_batch_tokens=args.max_batch_tokens,
         do_sample=args.do_sample,
         seed=args.seed,
