@@ -237,7 +237,8 @@ def write_results(text: str, section: str = SECTION) -> None:
         new = old.rstrip("\n") + "\n\n" + text
     else:
         end = old.find("\n## ", start + len(section))
-        new = old[:start] + text + (old[end + 1 :] if end != -1 else "")
+        rest = old[end + 1 :] if end != -1 else ""
+        new = old[:start] + text.rstrip("\n") + ("\n\n" + rest if rest else "")
     RESULTS.write_text(new.rstrip("\n") + "\n")
 
 

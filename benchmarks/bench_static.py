@@ -1,0 +1,292 @@
+"""Static inference benchmark: our pipeline against the α-UMi way, and the LoRA memory saving.
+
+Throughput (step samples/s, end to end, model loading included), on the step samples of the
+first ``--num_trajectories`` dev trajectories, with the same model in all three roles (three
+paths, so that each role is a checkpoint of its own) and the same ``max_new_tokens``:
+
+* ours: ``HFModels`` + ``run_chunk`` as ``infer_pipeline`` runs them, with its defaults: the
+  three role models stay loaded, greedy; on a GPU, batches sorted by length with left
+  padding; on CPU, prompts one by one, each reusing the KV cache of the prefix it shares
+  with the previous one;
+* the α-UMi way (its ``infer_pipeline.py``): batch 1, sampling, and each role model loaded,
+  used on all of its samples, and unloaded in turn (planner, then caller, then summarizer).
+
+Both use the same prompts and truncation (our ``generate_batched``), so the difference is the
+batching, the decoding and the model lifecycle. Each runs in a child process, which also
+reports its peak RSS.
+
+Memory (``--memory``): peak RSS after loading the three roles and answering one prompt each,
+as three checkpoints (``HFModels``) and as one base with three LoRA adapters
+(``LoRAModels``, GLPFT stage 2 with ``--lora_r 8 --lora_target_modules all-linear``).
+
+    python benchmarks/bench_static.py [--num_trajectories 40] [--max_new_tokens 32]
+        [--batch_size N] [--dtype auto|bf16|fp32] [--memory] [--write_results]
+    python benchmarks/bench_static.py --num_trajectories 3 --max_new_tokens 8   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_prepro import machine, write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEV = ROOT.parent / "shared" / "data" / "alpha_umi" / "static_eval" / "out_of_domain_dev.json"
+SECTION = "## Static inference (inference_utils)"
+ROLES = ("planner", "caller", "summarizer")
+PROMPT_TYPES = {
+    "planner": "toolbench_planner",
+    "caller": "toolbench_caller",
+    "summarizer": "toolbench_summarizer",
+}
+TARGET = 5.0
+
+
+# --------------------------------------------------------------------------------------------
+# Child process: one way of running
+def samples(num_trajectories: int) -> list[dict]:
+    from inference_utils.toolbench.steps import step_samples
+
+    records = json.loads(DEV.read_text())[:num_trajectories]
+    return list(step_samples(records))
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_ours(args: argparse.Namespace, paths: dict[str, str]) -> dict:
+    from inference_utils.generation import GenerationSettings, HFModels
+    from inference_utils.toolbench.infer_pipeline import run_chunk
+
+    steps = samples(args.num_trajectories)
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, dtype=args.dtype
+    )
+    start = time.perf_counter()
+    done = run_chunk(steps, HFModels(paths, settings), PROMPT_TYPES, backbone=False)
+    return {"seconds": time.perf_counter() - start, "outputs": outputs(done)}
+
+
+def child_alpha(args: argparse.Namespace, paths: dict[str, str]) -> dict:
+    from inference_utils.generation import GenerationSettings, _load, generate_batched
+    from inference_utils.toolbench.infer_pipeline import finish, plan_step
+
+    steps = [dict(s) for s in samples(args.num_trajectories)]
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        batch_size=1,
+        reuse_prefixes=False,
+        do_sample=True,
+        dtype=args.dtype,
+    )
+    start = time.perf_counter()
+    queue = {"planner": list(range(len(steps))), "caller": [], "summarizer": []}
+    for role in ROLES:
+        if not queue[role]:
+            continue
+        model, tokenizer = _load(paths[role], settings)  # load, use on all, unload
+        key = "model_input" if role == "planner" else f"model_input_for_{role}"
+        texts = generate_batched(model, tokenizer, [steps[i][key] for i in queue[role]], settings)
+        del model, tokenizer
+        gc.collect()
+        for i, text in zip(queue[role], texts, strict=True):
+            if role == "planner":
+                follow = plan_step(steps[i], text, PROMPT_TYPES)
+                if follow is not None:
+                    queue[follow].append(i)
+            else:
+                finish(steps[i], role, text)
+    return {"seconds": time.perf_counter() - start, "outputs": outputs(steps)}
+
+
+def outputs(done: list[dict]) -> dict:
+    """How much was generated: step samples, model calls, output characters."""
+    calls = len(done) + sum("planner_prediction" in s for s in done)
+    chars = sum(len(s.get("planner_output", "")) + len(s["predictions"]) for s in done)
+    return {"steps": len(done), "calls": calls, "output_chars": chars}
+
+
+def child_memory(args: argparse.Namespace, paths: dict[str, str], adapters: dict) -> dict:
+    from inference_utils.generation import GenerationSettings, HFModels, LoRAModels
+
+    settings = GenerationSettings(max_new_tokens=4, dtype=args.dtype)
+    prompt = samples(1)[0]["model_input"]
+    models = LoRAModels(adapters, settings) if args.child == "lora" else HFModels(paths, settings)
+    for role in ROLES:
+        models.generate(role, [prompt])
+    return {"peak_mib": peak_mib()}
+
+
+# --------------------------------------------------------------------------------------------
+# Parent
+def role_paths(model: str, where: Path) -> dict[str, str]:
+    """Three paths to the same checkpoint, so that each role is loaded as its own model."""
+    from GLPFT.models import resolve_model
+
+    local = Path(resolve_model(model)).resolve()
+    paths = {}
+    for role in ROLES:
+        link = where / f"{role}_model"
+        link.symlink_to(local, target_is_directory=True)
+        paths[role] = str(link)
+    return paths
+
+
+def make_adapters(base: str, where: Path) -> dict[str, str]:
+    """A random (non-zero) LoRA adapter per role, as GLPFT stage 2 saves them."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = {}
+    for k, role in enumerate(ROLES):
+        torch.manual_seed(k)
+        model = AutoModelForCausalLM.from_pretrained(base)
+        config = LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False)
+        get_peft_model(model, config).save_pretrained(where / role)
+        out[role] = str(where / role)
+    return out
+
+
+def run_child(args: argparse.Namespace, child: str, paths: dict, adapters: dict | None = None):
+    cmd = [sys.executable, __file__, "--child", child, "--paths", json.dumps(paths)]
+    cmd += ["--adapters", json.dumps(adapters or {})]
+    cmd += ["--num_trajectories", str(args.num_trajectories)]
+    cmd += ["--max_new_tokens", str(args.max_new_tokens), "--batch_size", str(args.batch_size)]
+    cmd += ["--dtype", args.dtype]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench_static: {child} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def report(args: argparse.Namespace, ours: dict, alpha: dict, memory: dict | None) -> str:
+    rate = {k: r["outputs"]["steps"] / r["seconds"] for k, r in (("ours", ours), ("alpha", alpha))}
+    ratio = rate["ours"] / rate["alpha"]
+    lines = [
+        SECTION,
+        "",
+        f"Measured {datetime.date.today()} on {machine()}.",
+        "",
+        "```bash",
+        "python benchmarks/bench_static.py "
+        f"--num_trajectories {args.num_trajectories} --max_new_tokens {args.max_new_tokens} "
+        f"--batch_size {args.batch_size} --dtype {args.dtype}"
+        + (" --memory" if memory else "")
+        + " --write_results",
+        "```",
+        "",
+        f"SmolLM2-135M-Instruct in all three roles, {ours['outputs']['steps']} step samples "
+        f"of the first {args.num_trajectories} dev trajectories, max_new_tokens "
+        f"{args.max_new_tokens}, dtype {args.dtype}; model loading included.",
+        "",
+        "| run | step samples/s | seconds | model calls | peak RSS |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, key, r in (
+        (f"ours ({_batching(args.batch_size)}, greedy, roles stay loaded)", "ours", ours),
+        ("α-UMi way (batch 1, sampling, load/use/unload per role)", "alpha", alpha),
+    ):
+        lines.append(
+            f"| {name} | {rate[key]:.2f} | {r['seconds']:.0f} | {r['outputs']['calls']} | "
+            f"{r['peak_mib'] / 1024:.2f} GiB |"
+        )
+    verdict = "met" if ratio >= TARGET else "not met"
+    lines += [
+        "",
+        f"Ratio ours / α-UMi way: **{ratio:.2f}×** (target {TARGET:.0f}×: {verdict}).",
+        "",
+        "On CPU, prefilling the prompts (about 1,000 to 4,000 tokens each, most of them tool "
+        "documents and history) is compute-bound and takes most of the time; batching only "
+        "amortises the decoding steps, and padding long prompts to a common width costs more "
+        "than it saves. So on CPU ours runs prompts one by one, unpadded, and each reuses the "
+        "KV cache of the prefix it shares with the previous prompt: the steps of a "
+        "trajectory repeat its tool documents and history. On a GPU, where a batch of "
+        "prompts costs little more than one, ours batches them (8 by default).",
+    ]
+    if memory:
+        saving = 1 - memory["lora"] / memory["hf"]
+        lines += [
+            "",
+            "| three roles as | peak RSS |",
+            "|---|---:|",
+            f"| three checkpoints (`HFModels`) | {memory['hf']:.0f} MiB |",
+            f"| one base + three LoRA adapters (`LoRAModels`) | {memory['lora']:.0f} MiB |",
+            "",
+            f"LoRA adapters on one base use {saving:.0%} less memory than three checkpoints.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _batching(batch_size: int) -> str:
+    if batch_size == 1:
+        return "one by one, reusing shared prefixes' KV cache"
+    return f"batches of {batch_size}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--num_trajectories", type=int, default=40)
+    p.add_argument("--max_new_tokens", type=int, default=32)
+    p.add_argument("--batch_size", type=int, help="default: 8 on a GPU, 1 on CPU")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"))
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--only", choices=("ours", "alpha"), help="run one way only")
+    p.add_argument("--memory", action="store_true", help="also measure the LoRA saving")
+    p.add_argument("--write_results", action="store_true")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--paths", help=argparse.SUPPRESS)
+    p.add_argument("--adapters", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.batch_size is None:
+        from inference_utils.generation import default_batch_size
+
+        args.batch_size = default_batch_size()
+    if args.child:
+        paths, adapters = json.loads(args.paths), json.loads(args.adapters)
+        if args.child in ("hf", "lora"):
+            result = child_memory(args, paths, adapters)
+        else:
+            result = (child_ours if args.child == "ours" else child_alpha)(args, paths)
+            result["peak_mib"] = peak_mib()
+        print(json.dumps(result))
+        return
+    with tempfile.TemporaryDirectory(prefix="bench_static_") as tmp:
+        paths = role_paths(args.model, Path(tmp))
+        results = {}
+        for way in ("ours", "alpha"):
+            if args.only in (None, way):
+                results[way] = run_child(args, way, paths)
+                r = results[way]
+                print(
+                    f"{way}: {r['outputs']['steps']} steps in {r['seconds']:.1f} s, "
+                    f"peak {r['peak_mib']:.0f} MiB",
+                    file=sys.stderr,
+                )
+        memory = None
+        if args.memory:
+            adapters = make_adapters(paths["planner"], Path(tmp) / "adapters")
+            memory = {
+                kind: run_child(args, kind, paths, adapters)["peak_mib"] for kind in ("hf", "lora")
+            }
+            print(f"memory: {memory}", file=sys.stderr)
+    if len(results) == 2:
+        text = report(args, results["ours"], results["alpha"], memory)
+        print(text)
+        if args.write_results:
+            write_results(text, SECTION)
+
+
+if __name__ == "__main__":
+    main()
