@@ -76,22 +76,15 @@ def run_chunk(
     samples: list[dict], models: RoleModels, prompt_types: dict[str, str], backbone: bool
 ) -> list[dict]:
     """Predictions for a chunk of step samples (the multi-LLM chain, or the backbone)."""
+    done = [dict(s) for s in samples]
     if backbone:
         outputs = models.generate(
-            "backbone",
-            [
-                build_prompt(
-                    "backbone", s["tools"], s["dispath"], prompt_type=prompt_types.get("backbone")
-                )
-                for s in samples
-            ],
+            "backbone", [text_prompt(s, "backbone", prompt_types) for s in done]
         )
-        return [
-            dict(s, predictions=backbone_prediction(o), backbone_output=o)
-            for s, o in zip(samples, outputs, strict=True)
-        ]
-    plans = models.generate("planner", [s["model_input"] for s in samples])
-    done = [dict(s) for s in samples]
+        for sample, output in zip(done, outputs, strict=True):
+            finish(sample, "backbone", output)
+        return done
+    plans = models.generate("planner", [text_prompt(s, "planner", prompt_types) for s in done])
     follow: dict[str, list[int]] = {"caller": [], "summarizer": []}
     for k, (sample, output) in enumerate(zip(done, plans, strict=True)):
         role = plan_step(sample, output, prompt_types)
@@ -100,7 +93,9 @@ def run_chunk(
     for role in ("caller", "summarizer"):
         if not follow[role]:
             continue
-        texts = models.generate(role, [done[k][f"model_input_for_{role}"] for k in follow[role]])
+        texts = models.generate(
+            role, [text_prompt(done[k], role, prompt_types) for k in follow[role]]
+        )
         for k, text in zip(follow[role], texts, strict=True):
             finish(done[k], role, text)
     return done
@@ -120,22 +115,29 @@ def plan_step(sample: dict, output: str, prompt_types: dict[str, str]) -> str | 
 
 
 def finish(sample: dict, role: str, text: str) -> None:
+    """Record the output of the role that ends a step: the backbone, caller or summarizer."""
+    if role == "backbone":
+        sample.update(predictions=backbone_prediction(text), backbone_output=text)
+        return
     sample["predictions"] = (
         render_turn(ASSISTANT, sample["planner_prediction"]) + f"{SPEAKER[role]}: {text}"
     )
+
+
+def text_prompt(sample: dict, role: str, prompt_types: dict[str, str]) -> str:
+    """A role's α-UMi text prompt for a step (the caller's and summarizer's once planned)."""
+    if role == "backbone":
+        return build_prompt(
+            "backbone", sample["tools"], sample["dispath"], prompt_type=prompt_types.get("backbone")
+        )
+    return sample["model_input" if role == "planner" else f"model_input_for_{role}"]
 
 
 def endpoint_prompt(sample: dict, role: str, api: str, prompt_types: dict[str, str]):
     """What a role's endpoint is sent: the α-UMi text prompt for the completions API, the
     chat format's messages (and, for roles that call tools, the tools) for the chat API."""
     if api == "completions":
-        if role == "backbone":
-            text = build_prompt(
-                "backbone", sample["tools"], sample["dispath"], prompt_type=prompt_types["backbone"]
-            )
-        else:
-            text = sample["model_input" if role == "planner" else f"model_input_for_{role}"]
-        return text, None
+        return text_prompt(sample, role, prompt_types), None
     turns = list(sample["history"])
     if role in ("caller", "summarizer"):
         turns.append({"from": ASSISTANT, "value": sample["planner_prediction"]})
@@ -147,7 +149,6 @@ def endpoint_prompt(sample: dict, role: str, api: str, prompt_types: dict[str, s
 def run_endpoints(
     samples: dict[int, dict],
     clients: dict[str, EndpointClient],
-    api: str,
     prompt_types: dict[str, str],
     concurrency: int,
     on_sample,
@@ -156,15 +157,14 @@ def run_endpoints(
     as each finishes. Returns the samples that failed, with their errors."""
 
     def ask(role: str, sample: dict) -> str:
-        prompt, tools = endpoint_prompt(sample, role, api, prompt_types)
-        return clean_output(clients[role].generate(prompt, tools))
+        client = clients[role]
+        prompt, tools = endpoint_prompt(sample, role, client.endpoint.api, prompt_types)
+        return clean_output(client.generate(prompt, tools))
 
     def done(graph: TaskGraph, key: tuple[int, str], output: str) -> None:
         index, role = key
         sample = samples[index]
-        if role == "backbone":
-            sample.update(predictions=backbone_prediction(output), backbone_output=output)
-        elif role == "planner":
+        if role == "planner":
             follow = plan_step(sample, output, prompt_types)
             if follow is not None:
                 graph.add((index, follow), lambda: ask(follow, sample), lane=follow)
@@ -419,7 +419,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             failed = run_endpoints(
                 todo,
                 clients,
-                args.endpoint_api,
                 prompt_types,
                 args.endpoint_concurrency,
                 lambda i, sample: save([compact(i, sample)]),
