@@ -135,8 +135,6 @@ class EndpointClient:
         self._lock = threading.Lock()
         self._model = endpoint.model
         self.plain_roles = False  # set once the server rejects tool messages
-        self.requests = 0
-        self.retries = 0
 
     def close(self) -> None:
         self._http.close()
@@ -186,7 +184,6 @@ class EndpointClient:
     ) -> dict:
         where = f"{method} {self.endpoint.url.rstrip('/')}{path}"
         for attempt in range(self.max_retries + 1):
-            self.requests += 1
             delay = self.backoff * 2**attempt
             try:
                 response = self._http.request(method, path, json=body)
@@ -209,7 +206,6 @@ class EndpointClient:
                     )
             if attempt == self.max_retries:
                 break
-            self.retries += 1
             time.sleep(min(delay, 30.0))
         raise EndpointError(f"{where}: failed after {self.max_retries + 1} attempts: {problem}")
 
