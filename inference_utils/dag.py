@@ -12,7 +12,9 @@ dependents with :class:`DependencyFailed`; the others go on.
 
 from __future__ import annotations
 
+import itertools
 import threading
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -54,7 +56,7 @@ class TaskGraph:
     """Runs :class:`Task` s on a thread pool as their dependencies complete.
 
     ``max_workers`` bounds the tasks in flight overall, ``lanes`` per lane (a lane not listed
-    is bounded by ``max_workers`` only). Ready tasks start in the order they were added.
+    is bounded by ``max_workers`` only). Ready tasks start in the order they became ready.
     """
 
     def __init__(
@@ -75,7 +77,9 @@ class TaskGraph:
         self._tasks: dict[Hashable, Task] = {}
         self._missing: dict[Hashable, int] = {}  # waiting task → unfinished dependencies
         self._dependents: dict[Hashable, list[Hashable]] = {}
-        self._ready: dict[Hashable, None] = {}  # insertion-ordered set
+        # ready tasks per lane, each with its place in the order they became ready
+        self._ready: dict[str | None, deque[tuple[int, Hashable]]] = {}
+        self._order = itertools.count()
         self._doomed: list[tuple[Hashable, Hashable]] = []  # (task, failed dependency)
 
     def add(
@@ -101,11 +105,10 @@ class TaskGraph:
             if pending:
                 self._missing[key] = len(pending)
             else:
-                self._ready[key] = None
+                self._mark_ready(task)
 
-    def extend(self, tasks: Iterable[Task]) -> None:
-        for task in tasks:
-            self.add(task.key, task.fn, task.deps, task.lane)
+    def _mark_ready(self, task: Task) -> None:  # under the lock
+        self._ready.setdefault(task.lane, deque()).append((next(self._order), task.key))
 
     def _finished(self, key: Hashable, error: BaseException | None) -> None:
         with self._lock:
@@ -117,20 +120,24 @@ class TaskGraph:
                 self._missing[child] -= 1
                 if self._missing[child] == 0:
                     del self._missing[child]
-                    self._ready[child] = None
+                    self._mark_ready(self._tasks[child])
 
     def _take_ready(self, busy: dict[str | None, int], free: int) -> list[Task]:
+        """Up to ``free`` ready tasks, earliest first, skipping lanes at their limit."""
         start: list[Task] = []
         with self._lock:
-            for key in list(self._ready):
-                if len(start) >= free:
+            while len(start) < free:
+                open_lanes = [
+                    queue
+                    for lane, queue in self._ready.items()
+                    if queue and busy.get(lane, 0) < self.lanes.get(lane, self.max_workers)
+                ]
+                if not open_lanes:
                     break
-                lane = self._tasks[key].lane
-                if lane in self.lanes and busy.get(lane, 0) >= self.lanes[lane]:
-                    continue
-                busy[lane] = busy.get(lane, 0) + 1
-                del self._ready[key]
-                start.append(self._tasks[key])
+                _, key = min(open_lanes, key=lambda queue: queue[0][0]).popleft()
+                task = self._tasks[key]
+                busy[task.lane] = busy.get(task.lane, 0) + 1
+                start.append(task)
         return start
 
     def run(self) -> Outcome:
