@@ -5,9 +5,9 @@ first ``--num_trajectories`` dev trajectories, with the same model in all three 
 paths, so that each role is a checkpoint of its own) and the same ``max_new_tokens``:
 
 * ours: ``HFModels`` + ``run_chunk`` as ``infer_pipeline`` runs them, with its defaults: the
-  three role models stay loaded, greedy; on a GPU, batches sorted by length with left
-  padding; on CPU, prompts one by one, each reusing the KV cache of the prefix it shares
-  with the previous one;
+  three role models stay loaded, greedy, each prompt prefilled once reusing the KV cache of
+  the prefix it shares with the previous one, then decoded in batches of 16 (``--padded``:
+  classic batches sorted by length, left-padded, prefilled together);
 * the α-UMi way (its ``infer_pipeline.py``): batch 1, sampling, and each role model loaded,
   used on all of its samples, and unloaded in turn (planner, then caller, then summarizer).
 
@@ -20,7 +20,7 @@ as three checkpoints (``HFModels``) and as one base with three LoRA adapters
 (``LoRAModels``, GLPFT stage 2 with ``--lora_r 8 --lora_target_modules all-linear``).
 
     python benchmarks/bench_static.py [--num_trajectories 40] [--max_new_tokens 32]
-        [--batch_size N] [--dtype auto|bf16|fp32] [--memory] [--write_results]
+        [--batch_size 16] [--padded] [--dtype auto|bf16|fp32] [--memory] [--write_results]
     python benchmarks/bench_static.py --num_trajectories 3 --max_new_tokens 8   # smoke test
 """
 
@@ -71,7 +71,10 @@ def child_ours(args: argparse.Namespace, paths: dict[str, str]) -> dict:
 
     steps = samples(args.num_trajectories)
     settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, dtype=args.dtype
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        reuse_prefixes=not args.padded,
+        dtype=args.dtype,
     )
     start = time.perf_counter()
     done = run_chunk(steps, HFModels(paths, settings), PROMPT_TYPES, backbone=False)
@@ -164,7 +167,7 @@ def run_child(args: argparse.Namespace, child: str, paths: dict, adapters: dict 
     cmd += ["--adapters", json.dumps(adapters or {})]
     cmd += ["--num_trajectories", str(args.num_trajectories)]
     cmd += ["--max_new_tokens", str(args.max_new_tokens), "--batch_size", str(args.batch_size)]
-    cmd += ["--dtype", args.dtype]
+    cmd += ["--dtype", args.dtype] + (["--padded"] if args.padded else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"bench_static: {child} failed:\n{proc.stderr[-3000:]}")
@@ -182,7 +185,9 @@ def report(args: argparse.Namespace, ours: dict, alpha: dict, memory: dict | Non
         "```bash",
         "python benchmarks/bench_static.py "
         f"--num_trajectories {args.num_trajectories} --max_new_tokens {args.max_new_tokens} "
-        f"--batch_size {args.batch_size} --dtype {args.dtype}"
+        f"--batch_size {args.batch_size}"
+        + (" --padded" if args.padded else "")
+        + f" --dtype {args.dtype}"
         + (" --memory" if memory else "")
         + " --write_results",
         "```",
@@ -195,7 +200,7 @@ def report(args: argparse.Namespace, ours: dict, alpha: dict, memory: dict | Non
         "|---|---:|---:|---:|---:|",
     ]
     for name, key, r in (
-        (f"ours ({_batching(args.batch_size)}, greedy, roles stay loaded)", "ours", ours),
+        (f"ours ({_batching(args)}, greedy, roles stay loaded)", "ours", ours),
         ("α-UMi way (batch 1, sampling, load/use/unload per role)", "alpha", alpha),
     ):
         lines.append(
@@ -207,13 +212,11 @@ def report(args: argparse.Namespace, ours: dict, alpha: dict, memory: dict | Non
         "",
         f"Ratio ours / α-UMi way: **{ratio:.2f}×** (target {TARGET:.0f}×: {verdict}).",
         "",
-        "On CPU, prefilling the prompts (about 1,000 to 4,000 tokens each, most of them tool "
-        "documents and history) is compute-bound and takes most of the time; batching only "
-        "amortises the decoding steps, and padding long prompts to a common width costs more "
-        "than it saves. So on CPU ours runs prompts one by one, unpadded, and each reuses the "
-        "KV cache of the prefix it shares with the previous prompt: the steps of a "
-        "trajectory repeat its tool documents and history. On a GPU, where a batch of "
-        "prompts costs little more than one, ours batches them (8 by default).",
+        f"Of the planner's prompt tokens, {shared_fraction(args):.0%} repeat "
+        "the start of the previous step's prompt (tool documents and history): ours computes "
+        "them once, the α-UMi way for every step. On CPU, prefilling is compute-bound and "
+        "takes most of the α-UMi way's time; decoding in batches then amortises reading the "
+        "weights for each new token.",
     ]
     if memory:
         saving = 1 - memory["lora"] / memory["hf"]
@@ -229,17 +232,35 @@ def report(args: argparse.Namespace, ours: dict, alpha: dict, memory: dict | Non
     return "\n".join(lines) + "\n"
 
 
-def _batching(batch_size: int) -> str:
-    if batch_size == 1:
-        return "one by one, reusing shared prefixes' KV cache"
-    return f"batches of {batch_size}"
+def _batching(args: argparse.Namespace) -> str:
+    if args.padded:
+        return f"batches of {args.batch_size} sorted by length, left-padded"
+    return f"shared prefixes prefilled once, decoded in batches of {args.batch_size}"
+
+
+def shared_fraction(args: argparse.Namespace) -> float:
+    """Share of the planner's prompt tokens that start the previous step's prompt too."""
+    from transformers import AutoTokenizer
+
+    from GLPFT.models import resolve_model
+    from inference_utils.generation import common_prefix
+    from process_data.protocol import MODEL_INPUT_PREFIX
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model))
+    ids = [
+        tokenizer(MODEL_INPUT_PREFIX + s["model_input"])["input_ids"]
+        for s in samples(args.num_trajectories)
+    ]
+    shared = sum(common_prefix(a, b) for a, b in zip(ids, ids[1:], strict=False))
+    return shared / sum(len(x) for x in ids)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--num_trajectories", type=int, default=40)
     p.add_argument("--max_new_tokens", type=int, default=32)
-    p.add_argument("--batch_size", type=int, help="default: 8 on a GPU, 1 on CPU")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--padded", action="store_true", help="ours with classic padded batches")
     p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"))
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--only", choices=("ours", "alpha"), help="run one way only")
@@ -249,10 +270,6 @@ def main() -> None:
     p.add_argument("--paths", help=argparse.SUPPRESS)
     p.add_argument("--adapters", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.batch_size is None:
-        from inference_utils.generation import default_batch_size
-
-        args.batch_size = default_batch_size()
     if args.child:
         paths, adapters = json.loads(args.paths), json.loads(args.adapters)
         if args.child in ("hf", "lora"):

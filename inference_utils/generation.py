@@ -5,23 +5,25 @@
 * :class:`LoRAModels`: one base model and one LoRA adapter per role, switched per call, so
   only one base is ever in memory.
 
-Generation is batched: prompts are sorted by length, left-padded, and run greedily (sampling
-is optional, seeded) with the KV cache; a batch holds at most ``batch_size`` prompts and
-``max_batch_tokens`` prompt tokens. Prompts are ``"system: " + input``, as in training, and
-lose their start (after leading special tokens) beyond ``max_input_length`` tokens.
+Generation is greedy by default (sampling is optional, seeded) and batched, with the KV
+cache; a batch holds at most ``batch_size`` prompts and ``max_batch_tokens`` padded prompt
+tokens. Prompts are ``"system: " + input``, as in training, and lose their start (after
+leading special tokens) beyond ``max_input_length`` tokens. Two ways to batch:
 
-With ``batch_size=1`` (the default on CPU, where prefilling long prompts dominates and
-batching only pads them), prompts run one by one, in input order, without padding or mask,
-and each reuses the KV cache of the longest prefix it shares with the previous one: the
-steps of a trajectory repeat the tool documents and the history so far, so most of a prompt
-is often already computed. The cache lives for one call, so a call's outputs do not depend
-on earlier calls.
+* ``reuse_prefixes=True`` (the default): prompts are prefilled one by one, in input order,
+  unpadded, and each reuses the KV cache of the longest prefix it shares with the previous
+  one. The steps of a trajectory repeat the tool documents and the history so far, so most
+  of a prompt is often already computed (62% of the dev set's planner tokens). Runs of
+  consecutive prompts then decode together from a left-padded static cache.
+* ``reuse_prefixes=False``: batches sorted by length, left-padded, prefilled together.
+
+Either way a call's outputs depend only on its prompts and settings, not on earlier calls.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -31,17 +33,12 @@ from GLPFT.models import resolve_model
 from process_data.protocol import MODEL_INPUT_PREFIX
 
 
-def default_batch_size() -> int:
-    """8 on a GPU; 1 on CPU, where prompts then share their prefixes' KV cache."""
-    return 8 if torch.cuda.is_available() else 1
-
-
 @dataclass(frozen=True)
 class GenerationSettings:
     max_new_tokens: int = 256
     max_input_length: int = 4096
-    batch_size: int = field(default_factory=default_batch_size)
-    reuse_prefixes: bool = True  # with batch_size 1
+    batch_size: int = 16
+    reuse_prefixes: bool = True
     max_batch_tokens: int = 32768
     do_sample: bool = False
     temperature: float = 1.0
@@ -112,32 +109,52 @@ def generate_batched(
         for p in prompts
     ]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id)
-    device = next(model.parameters()).device
-    if settings.batch_size == 1 and settings.reuse_prefixes:
-        return [
-            clean_output(tokenizer.decode(new, skip_special_tokens=True))
-            for new in generate_reusing_prefixes(model, tokenizer, ids, settings, pad)
-        ]
-    outputs: list[str] = [""] * len(prompts)
+    if settings.reuse_prefixes and _croppable(model):
+        new = generate_reusing_prefixes(model, tokenizer, ids, settings, pad)
+    else:
+        new = generate_padded(model, tokenizer, ids, settings, pad)
+    return [clean_output(tokenizer.decode(x, skip_special_tokens=True)) for x in new]
+
+
+def generate_padded(
+    model: Any, tokenizer: Any, ids: Sequence[list[int]], settings: GenerationSettings, pad: int
+) -> list[list[int]]:
+    """New tokens for each prompt, in batches sorted by length and left-padded."""
+    out: dict[int, list[int]] = {}
     for batch in batches([len(x) for x in ids], settings.batch_size, settings.max_batch_tokens):
-        width = max(len(ids[i]) for i in batch)
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            input_ids[row, width - len(ids[i]) :] = torch.tensor(ids[i])
-            mask[row, width - len(ids[i]) :] = 1
-        if settings.do_sample:
-            torch.manual_seed(settings.seed + batch[0])
-        with torch.no_grad():
-            generated = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=mask.to(device),
-                **_decoding(settings, tokenizer, pad),
-            )
-        for row, i in enumerate(batch):
-            new = generated[row, width:]
-            outputs[i] = clean_output(tokenizer.decode(new, skip_special_tokens=True))
-    return outputs
+        new = _generate_rows(model, tokenizer, ids, batch, settings, pad)
+        out.update(zip(batch, new, strict=True))
+    return [out[i] for i in range(len(ids))]
+
+
+def _generate_rows(
+    model: Any,
+    tokenizer: Any,
+    ids: Sequence[list[int]],
+    rows: list[int],
+    settings: GenerationSettings,
+    pad: int,
+    cache: Any = None,
+) -> list[list[int]]:
+    """One ``generate`` call on prompts ``rows``, left-padded to the longest; ``cache``
+    may already hold all their tokens but the last."""
+    width = max(len(ids[i]) for i in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, i in enumerate(rows):
+        input_ids[row, width - len(ids[i]) :] = torch.tensor(ids[i])
+        mask[row, width - len(ids[i]) :] = 1
+    if settings.do_sample:
+        torch.manual_seed(settings.seed + rows[0])
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        generated = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=mask.to(device),
+            past_key_values=cache,
+            **_decoding(settings, tokenizer, pad),
+        )
+    return [generated[row, width:].tolist() for row in range(len(rows))]
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -148,36 +165,85 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def runs(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:
+    """Consecutive indices grouped in input order, each group within both limits (counting
+    its width as that of its longest prompt), so that neighbours keep sharing prefixes."""
+    out: list[list[int]] = []
+    width = 0
+    for i, n in enumerate(lengths):
+        if out and len(out[-1]) < batch_size and (len(out[-1]) + 1) * max(width, n) <= max_tokens:
+            out[-1].append(i)
+            width = max(width, n)
+        else:
+            out.append([i])
+            width = n
+    return out
+
+
 def generate_reusing_prefixes(
     model: Any, tokenizer: Any, ids: Sequence[list[int]], settings: GenerationSettings, pad: int
 ) -> list[list[int]]:
-    """New tokens for each prompt, one by one, each reusing the KV cache of the prefix it
-    shares with the previous prompt (or that prompt's output)."""
+    """New tokens for each prompt.
+
+    Prompts are prefilled one by one, in input order, unpadded, each reusing the KV cache of
+    the prefix it shares with the previous prompt. Then each run of up to ``batch_size``
+    consecutive prompts decodes together from one left-padded static cache, so decoding
+    steps are batched while no prompt token is computed twice."""
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    cache, cached, out = None, [], []
-    for k, prompt in enumerate(ids):
-        keep = min(common_prefix(cached, prompt), len(prompt) - 1)  # at least one new token
-        if cache is None or keep == 0:
-            cache, keep = DynamicCache(config=model.config), 0
-        elif keep < cache.get_seq_length():
-            cache.crop(keep - cache.get_seq_length())
-        if settings.do_sample:
-            torch.manual_seed(settings.seed + k)
-        with torch.no_grad():
-            result = model.generate(
-                input_ids=torch.tensor([prompt], device=device),
-                attention_mask=torch.ones((1, len(prompt)), dtype=torch.long, device=device),
-                past_key_values=cache,
-                return_dict_in_generate=True,
-                **_decoding(settings, tokenizer, pad),
-            )
-        cache = result.past_key_values
-        sequence = result.sequences[0].tolist()
-        cached = sequence[: cache.get_seq_length()]
-        out.append(sequence[len(prompt) :])
+    trunk, trunk_ids = DynamicCache(config=model.config), []
+    out: list[list[int]] = []  # groups are consecutive
+    for group in runs([len(x) for x in ids], settings.batch_size, settings.max_batch_tokens):
+        heads = []  # per prompt: each layer's (keys, values) for all its tokens but the last
+        for i in group:
+            head = ids[i][:-1]
+            keep = common_prefix(trunk_ids, head)
+            if keep == 0:
+                trunk = DynamicCache(config=model.config)
+            elif keep < trunk.get_seq_length():
+                trunk.crop(keep - trunk.get_seq_length())
+            if len(head) > keep:
+                with torch.no_grad():
+                    model(
+                        input_ids=torch.tensor([head[keep:]], device=device),
+                        past_key_values=trunk,
+                        use_cache=True,
+                        logits_to_keep=1,
+                    )
+            trunk_ids = head
+            heads.append([(layer.keys, layer.values) for layer in trunk.layers] if head else None)
+        width = max(len(ids[i]) for i in group)
+        cache = _left_padded_cache(model, heads, width - 1, width + settings.max_new_tokens)
+        out.extend(_generate_rows(model, tokenizer, ids, group, settings, pad, cache))
     return out
+
+
+def _croppable(model: Any) -> bool:
+    """Whether every layer's cache can be cut back to a prefix (not so for sliding windows)."""
+    from transformers import DynamicCache
+
+    return not any(layer.is_sliding for layer in DynamicCache(config=model.config).layers)
+
+
+def _left_padded_cache(model: Any, heads: list, width: int, capacity: int) -> Any:
+    """A static cache holding each row's prefilled states right-aligned to ``width``."""
+    from transformers import StaticCache
+
+    if width == 0:
+        return None
+    sample = next(h for h in heads if h)
+    cache = StaticCache(config=model.config, max_cache_len=capacity)
+    for layer, (keys, values) in enumerate(sample):
+        k = keys.new_zeros((len(heads), keys.shape[1], width, keys.shape[3]))
+        v = values.new_zeros((len(heads), values.shape[1], width, values.shape[3]))
+        for row, head in enumerate(heads):
+            if head:
+                n = head[layer][0].shape[2]
+                k[row, :, width - n :] = head[layer][0][0]
+                v[row, :, width - n :] = head[layer][1][0]
+        cache.update(k, v, layer)
+    return cache
 
 
 def _load(path: str, settings: GenerationSettings) -> tuple[Any, Any]:

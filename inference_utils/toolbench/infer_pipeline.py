@@ -41,7 +41,6 @@ from inference_utils.generation import (
     LoRAModels,
     RoleModels,
     clean_output,
-    default_batch_size,
 )
 from inference_utils.toolbench.steps import step_samples
 from process_data.jsonio import JsonArrayWriter
@@ -332,7 +331,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--per_device_eval_batch_size",
         type=int,
-        help="default: 8 on a GPU; 1 on CPU, where prompts reuse their shared prefixes' cache",
+        default=16,
+        help="prompts decoded together",
+    )
+    p.add_argument(
+        "--reuse_prefixes",
+        type=_bool,
+        default=True,
+        help="prefill prompts one by one, each reusing the KV cache of the prefix it shares "
+        "with the previous one, then decode them in batches (default); false: batches sorted "
+        "by length, left-padded, prefilled together",
     )
     p.add_argument("--max_batch_tokens", type=int, default=32768)
     p.add_argument("--max_input_length", type=int, default=4096)
@@ -383,7 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens,
         max_input_length=args.max_input_length,
-        batch_size=args.per_device_eval_batch_size or default_batch_size(),
+        batch_size=args.per_device_eval_batch_size,
+        reuse_prefixes=args.reuse_prefixes,
         max_batch_tokens=args.max_batch_tokens,
         do_sample=args.do_sample,
         seed=args.seed,
