@@ -238,7 +238,8 @@ def write_results(text: str, section: str = SECTION) -> None:
     else:
         end = old.find("\n## ", start + len(section))
         rest = old[end + 1 :] if end != -1 else ""
-        new = old[:start] + text.rstrip("\n") + ("\n\n" + rest if rest else "")
+        before = old[:start].rstrip("\n") + "\n\n"
+        new = before + text.rstrip("\n") + ("\n\n" + rest if rest else "")
     RESULTS.write_text(new.rstrip("\n") + "\n")
 
 

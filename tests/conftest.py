@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from GLPFT.models import TINY_LLAMA
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 ALPHA_UMI = SHARED / "alpha_umi"
@@ -34,6 +36,23 @@ def answers_copy(tmp_path: Path, shared: Path) -> Path:
     dest = tmp_path / "toolbench"
     shutil.copytree(TOOLBENCH_EXAMPLE / "answer", dest / "answer")
     return dest
+
+
+def tiny_train_flags(data: Path, out: Path, **flags: object) -> list[str]:
+    """``GLPFT.train`` flags for a short run of the tiny random LLaMA on ``data``; ``flags``
+    add or override (``max_steps=8`` gives ``--max_steps 8``)."""
+    merged: dict[str, object] = {
+        "model_name_or_path": TINY_LLAMA,
+        "data_path": data,
+        "output_dir": out,
+        "model_max_length": 512,
+        "per_device_train_batch_size": 2,
+        "learning_rate": 3e-3,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        **flags,
+    }
+    return [arg for key, value in merged.items() for arg in (f"--{key}", str(value))]
 
 
 def read_json(path: Path):

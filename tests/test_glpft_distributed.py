@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ALPHA_UMI, REPO, read_json
+from conftest import ALPHA_UMI, REPO, read_json, tiny_train_flags
 
 from GLPFT.models import TINY_LLAMA, resolve_model
 from GLPFT.train import parse_args
@@ -82,24 +82,7 @@ def test_two_processes_train_one_model(
         "--master_port",
         str(free_port()),
         str(REPO / "tests" / "train_probe.py"),
-        "--model_name_or_path",
-        TINY_LLAMA,
-        "--data_path",
-        str(CALLER),
-        "--output_dir",
-        str(out),
-        "--max_steps",
-        "8",
-        "--per_device_train_batch_size",
-        "2",
-        "--learning_rate",
-        "3e-3",
-        "--logging_steps",
-        "1",
-        "--save_strategy",
-        "no",
-        "--model_max_length",
-        "512",
+        *tiny_train_flags(CALLER, out, max_steps=8),
     ]
     if deepspeed:
         cmd += ["--deepspeed", str(REPO / "ds_configs" / f"{deepspeed}.json")]

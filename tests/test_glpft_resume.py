@@ -7,9 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ALPHA_UMI, REPO, kill_when, read_json
-
-from GLPFT.models import TINY_LLAMA
+from conftest import ALPHA_UMI, REPO, kill_when, read_json, tiny_train_flags
 
 STEPS, SAVE_EVERY = 12, 4
 
@@ -18,28 +16,14 @@ def command(out: Path) -> list[str]:
     return [
         sys.executable,
         str(REPO / "tests" / "train_probe.py"),
-        "--model_name_or_path",
-        TINY_LLAMA,
-        "--data_path",
-        str(ALPHA_UMI / "train-example" / "train_caller.json"),
-        "--output_dir",
-        str(out),
-        "--max_steps",
-        str(STEPS),
-        "--save_strategy",
-        "steps",
-        "--save_steps",
-        str(SAVE_EVERY),
-        "--per_device_train_batch_size",
-        "2",
-        "--learning_rate",
-        "3e-3",
-        "--logging_steps",
-        "1",
-        "--model_max_length",
-        "512",
-        "--seed",
-        "11",
+        *tiny_train_flags(
+            ALPHA_UMI / "train-example" / "train_caller.json",
+            out,
+            max_steps=STEPS,
+            save_strategy="steps",
+            save_steps=SAVE_EVERY,
+            seed=11,
+        ),
     ]
 
 

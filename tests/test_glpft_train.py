@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ALPHA_UMI, REPO, read_json
+from conftest import ALPHA_UMI, REPO, read_json, tiny_train_flags
 
 from GLPFT.train import parse_args
 
@@ -90,24 +90,7 @@ def run_train(out: Path, *extra: str, data: Path = PLANNER) -> dict:
         sys.executable,
         "-m",
         "GLPFT.train",
-        "--model_name_or_path",
-        "tiny-random-llama",
-        "--data_path",
-        str(data),
-        "--output_dir",
-        str(out),
-        "--model_max_length",
-        "512",
-        "--per_device_train_batch_size",
-        "4",
-        "--learning_rate",
-        "3e-3",
-        "--logging_steps",
-        "1",
-        "--save_strategy",
-        "no",
-        "--seed",
-        "7",
+        *tiny_train_flags(data, out, per_device_train_batch_size=4, seed=7),
         *extra,
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
