@@ -216,6 +216,7 @@ def generate_reusing_prefixes(
         width = max(len(ids[i]) for i in group)
         cache = _left_padded_cache(model, heads, width - 1, width + settings.max_new_tokens)
         out.extend(_generate_rows(model, tokenizer, ids, group, settings, pad, cache))
+        del cache  # before the next run's cache is built
     return out
 
 
@@ -227,21 +228,26 @@ def _croppable(model: Any) -> bool:
 
 
 def _left_padded_cache(model: Any, heads: list, width: int, capacity: int) -> Any:
-    """A static cache holding each row's prefilled states right-aligned to ``width``."""
+    """A static cache holding each row's prefilled states right-aligned to ``width``.
+
+    Consumes ``heads`` layer by layer, so that the prefilled states and the cache are not
+    both held whole at once."""
     from transformers import StaticCache
 
     if width == 0:
         return None
-    sample = next(h for h in heads if h)
+    rows = [head for head in heads if head]
     cache = StaticCache(config=model.config, max_cache_len=capacity)
-    for layer, (keys, values) in enumerate(sample):
+    for layer in range(len(rows[0])):
+        keys, values = rows[0][layer]
         k = keys.new_zeros((len(heads), keys.shape[1], width, keys.shape[3]))
         v = values.new_zeros((len(heads), values.shape[1], width, values.shape[3]))
         for row, head in enumerate(heads):
             if head:
-                n = head[layer][0].shape[2]
-                k[row, :, width - n :] = head[layer][0][0]
-                v[row, :, width - n :] = head[layer][1][0]
+                keys, values = head[layer]
+                head[layer] = None
+                k[row, :, width - keys.shape[2] :] = keys[0]
+                v[row, :, width - values.shape[2] :] = values[0]
         cache.update(k, v, layer)
     return cache
 
