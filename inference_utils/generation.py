@@ -65,20 +65,27 @@ def clean_output(text: str) -> str:
     return "none" if text.strip() in ("", ".", ",") else text
 
 
+def runs(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:
+    """Consecutive indices grouped in input order, each group within both limits (counting
+    its width as that of its longest prompt), so that neighbours keep sharing prefixes."""
+    out: list[list[int]] = []
+    width = 0
+    for i, n in enumerate(lengths):
+        if out and len(out[-1]) < batch_size and (len(out[-1]) + 1) * max(width, n) <= max_tokens:
+            out[-1].append(i)
+            width = max(width, n)
+        else:
+            out.append([i])
+            width = n
+    return out
+
+
 def batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:
     """Indices grouped longest first, each batch within both limits (at least one prompt)."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    out: list[list[int]] = []
-    for i in order:
-        if (
-            out
-            and len(out[-1]) < batch_size
-            and (len(out[-1]) + 1) * lengths[out[-1][0]] <= (max_tokens)
-        ):
-            out[-1].append(i)
-        else:
-            out.append([i])
-    return out
+    return [
+        [order[j] for j in run] for run in runs([lengths[i] for i in order], batch_size, max_tokens)
+    ]
 
 
 def _decoding(settings: GenerationSettings, tokenizer: Any, pad: int) -> dict[str, Any]:
@@ -164,21 +171,6 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
         if a[k] != b[k]:
             return k
     return n
-
-
-def runs(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:
-    """Consecutive indices grouped in input order, each group within both limits (counting
-    its width as that of its longest prompt), so that neighbours keep sharing prefixes."""
-    out: list[list[int]] = []
-    width = 0
-    for i, n in enumerate(lengths):
-        if out and len(out[-1]) < batch_size and (len(out[-1]) + 1) * max(width, n) <= max_tokens:
-            out[-1].append(i)
-            width = max(width, n)
-        else:
-            out.append([i])
-            width = n
-    return out
 
 
 def generate_reusing_prefixes(
