@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -371,7 +372,7 @@ def generate(output_dir: Path, seed: int = 0, per_group: int = 6) -> list[Path]:
     return written
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", type=Path, required=True)
@@ -382,7 +383,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--per_group must be at least 4 so that every shape appears")
     paths = generate(args.output_dir, args.seed, args.per_group)
     print(f"wrote {len(paths)} files under {args.output_dir}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
