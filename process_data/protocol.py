@@ -5,7 +5,10 @@ The prompt templates, the role prefixes and the ``Next: ...`` markers are part o
 format (X-PLUG/Multi-LLM-Agent, ``GLPFT/utils/prompt_lib.py`` and its ``process_data``
 scripts): they appear verbatim in every α-UMi training file, so they are reproduced exactly.
 
-Every formatter here has a parser that inverts it; the pairs are tested as inverses.
+Every parser of a model's output lives here: :func:`parse_decision` (planner and backbone
+outputs), :func:`parse_action` (caller outputs) and :func:`read_step` (α-UMi's evaluator's
+reading of a step). Each formatter of a model's output has its inverse among them, and the
+pairs are tested as inverses.
 
 The literal ``</s>`` below is α-UMi's *history separator*, a piece of text inside the prompt
 string. It is not the tokenizer's end-of-sequence token, which always comes from the tokenizer.
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,7 +40,7 @@ USER, ASSISTANT, CALLER, OBSERVATION, CONCLUSION = (
 SPEAKERS: tuple[str, ...] = (USER, ASSISTANT, CALLER, OBSERVATION, CONCLUSION)
 
 #: The planner's routing decisions and the markers that end a planner turn.
-Decision = Literal["caller", "conclusion", "give up"]
+DecisionKind = Literal["caller", "conclusion", "give up"]
 NEXT_CALLER = "Next: caller."
 NEXT_CONCLUSION = "Next: conclusion."
 NEXT_GIVE_UP = "Next: give up."
@@ -47,8 +50,12 @@ NEXT_MARKERS: dict[str, str] = {
     "give up": NEXT_GIVE_UP,
 }
 
-ACTION_PREFIX = "Action: "
-ACTION_INPUT_PREFIX = "\nAction Input: "
+#: The keys of a caller turn, as α-UMi's evaluator searches for them, and the exact framing
+#: its data writes around them (``"Action: name\nAction Input: {...}"``).
+ACTION_KEY = "Action:"
+ACTION_INPUT_KEY = "Action Input:"
+ACTION_PREFIX = ACTION_KEY + " "
+ACTION_INPUT_PREFIX = "\n" + ACTION_INPUT_KEY + " "
 
 #: α-UMi's history separator (text inside prompts, not a tokenizer token).
 TURN_END = "</s>"
@@ -65,8 +72,10 @@ HALLUCINATED_NAME = "invalid_hallucination_function_name"
 #: ``train.py``); inference must prompt the trained models the same way.
 MODEL_INPUT_PREFIX = "system: "
 
-#: The backbone's target text for a give-up step, and the prefix of its conclusions.
-BACKBONE_CONCLUSION_PREFIX = "\nconclusion: "
+#: A history entry's speaker tag (``"conclusion: "``); the backbone writes its final answer
+#: after it on a new line, and ``"give up."`` there when it gives up.
+CONCLUSION_TAG = f"{CONCLUSION}: "
+BACKBONE_CONCLUSION_PREFIX = "\n" + CONCLUSION_TAG
 BACKBONE_GIVE_UP = "give up."
 
 # --------------------------------------------------------------------------------------------
@@ -144,11 +153,6 @@ def render_tool_docs(tools: Sequence[dict]) -> tuple[str, str]:
     return doc, names
 
 
-def parse_tool_docs(doc: str) -> list[dict]:
-    """Invert :func:`render_tool_docs` (the ``doc`` half)."""
-    return [json.loads(line) for line in doc.split("\n") if line]
-
-
 # --------------------------------------------------------------------------------------------
 # Prompt filling
 # --------------------------------------------------------------------------------------------
@@ -204,30 +208,6 @@ def format_plan(thought: str | None, decision: str) -> str:
     return span + " " + NEXT_MARKERS[decision]
 
 
-def parse_plan(text: str) -> tuple[str | None, Decision | None]:
-    """Split a planner turn into ``(thought, decision)``; inverts :func:`format_plan`.
-
-    Model outputs are parsed leniently: the last marker wins, the final period is optional,
-    and text after the marker is ignored. ``decision`` is ``None`` when no marker is found.
-    """
-    best: tuple[int, int, Decision] | None = None
-    for decision, marker in NEXT_MARKERS.items():
-        start = text.rfind(marker[:-1])  # "Next: caller" with or without the period
-        if start != -1 and (best is None or start > best[0]):
-            best = (start, start + len(marker[:-1]), decision)  # type: ignore[assignment]
-    if best is None:
-        return (text.strip() or None), None
-    start, _, decision = best
-    head = text[:start]
-    if head.endswith(" "):
-        head = head[:-1]
-    if head == "":
-        return None, decision
-    if head.endswith("\n"):
-        head = head[:-1]
-    return head, decision
-
-
 # --------------------------------------------------------------------------------------------
 # Caller turns: "Action: name\nAction Input: {...}"
 # --------------------------------------------------------------------------------------------
@@ -238,7 +218,13 @@ def format_action(name: str, arguments: str) -> str:
     return ACTION_PREFIX + name + ACTION_INPUT_PREFIX + arguments
 
 
-_ACTION_RE = re.compile(r"Action:\s*(?P<name>[^\n]*?)\s*\n\s*Action Input:\s?(?P<args>.*)", re.S)
+_ACTION_RE = re.compile(
+    re.escape(ACTION_KEY)
+    + r"\s*(?P<name>[^\n]*?)\s*\n\s*"
+    + re.escape(ACTION_INPUT_KEY)
+    + r"\s?(?P<args>.*)",
+    re.S,
+)
 
 
 def parse_action(text: str) -> tuple[str, str] | None:
@@ -256,80 +242,15 @@ def parse_action(text: str) -> tuple[str, str] | None:
     return match.group("name"), match.group("args").strip()
 
 
-def parse_arguments(arguments: str) -> dict | None:
-    """The caller's argument string as a dict, or ``None`` when it is not a JSON object."""
-    try:
-        value = json.loads(arguments) if arguments.strip() else {}
-    except (json.JSONDecodeError, TypeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 # --------------------------------------------------------------------------------------------
 # Histories: "user: ...</s>assistant: ...</s>caller: ...</s>observation: ...assistant: ..."
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One turn of a stage-2 conversation."""
-
-    speaker: str
-    text: str
-
-    def to_record(self) -> dict[str, str]:
-        return {"from": self.speaker, "value": self.text}
 
 
 def render_turn(speaker: str, text: str) -> str:
     """One history entry. Observations carry no separator: that is α-UMi's format."""
     end = "" if speaker == OBSERVATION else TURN_END
     return f"{speaker}: {text}{end}"
-
-
-def render_history(turns: Iterable[Turn]) -> str:
-    """Render turns as α-UMi's history string."""
-    return "".join(render_turn(t.speaker, t.text) for t in turns)
-
-
-_SPEAKER_PREFIXES = tuple(f"{s}: " for s in SPEAKERS)
-_OBSERVATION_PREFIX = f"{OBSERVATION}: "
-
-
-def parse_history(history: str) -> list[Turn]:
-    """Invert :func:`render_history`.
-
-    Observations carry no separator, so an observation ends at the next ``"observation: "`` or
-    else where the last speaker prefix before the next separator begins. This is unambiguous
-    unless an observation's own text contains a speaker prefix such as ``"assistant: "``.
-    """
-    turns: list[Turn] = []
-    pos = 0
-    while pos < len(history):
-        end = history.find(TURN_END, pos)
-        end = len(history) if end == -1 else end
-        if history.startswith(_OBSERVATION_PREFIX, pos):
-            body = pos + len(_OBSERVATION_PREFIX)
-            cut = max(
-                history.rfind(p, body, end) for p in _SPEAKER_PREFIXES if p != _OBSERVATION_PREFIX
-            )
-            again = history.find(_OBSERVATION_PREFIX, body, end)
-            if again != -1 and (cut == -1 or again < cut):
-                cut = again  # observations in a row
-            if cut == -1 and end < len(history):
-                raise ValueError(f"observation followed by a separator at {pos}")
-            stop = len(history) if cut == -1 else cut
-            turns.append(Turn(OBSERVATION, history[body:stop]))
-            pos = stop
-            continue
-        speaker, sep, _ = history[pos:end].partition(": ")
-        if not sep or speaker not in SPEAKERS:
-            raise ValueError(f"not a history turn at {pos}: {history[pos : pos + 40]!r}")
-        if end == len(history):
-            raise ValueError(f"unterminated {speaker} turn at {pos}")
-        turns.append(Turn(speaker, history[pos + len(speaker) + 2 : end]))
-        pos = end + len(TURN_END)
-    return turns
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,22 +277,152 @@ def format_backbone(plan: str, decision: str, follow_up: str | None) -> str:
     return span + BACKBONE_CONCLUSION_PREFIX + BACKBONE_GIVE_UP
 
 
-def parse_backbone(text: str) -> tuple[str | None, Decision | None, str | None]:
-    """Split a backbone output into ``(thought, decision, follow_up)``.
+# --------------------------------------------------------------------------------------------
+# Decisions: what a planner or backbone output decides (the one parser of both)
+# --------------------------------------------------------------------------------------------
 
-    Inverts :func:`format_backbone` when the thought itself contains neither ``"\nAction: "``
-    nor ``"\nconclusion: "``. ``decision`` is ``None`` when the output has neither.
+
+@dataclass(frozen=True)
+class Decision:
+    """What one planner or backbone output decides.
+
+    ``kind`` is the next step: ``caller``, ``conclusion`` or ``give up``. ``thought`` is the
+    text before the decision (``None`` when the output has none, as :func:`format_plan`
+    writes it). ``turn`` is the text that enters the history as the assistant's turn.
+    ``explicit`` is false when the output states no decision and ``kind`` is the default.
+    ``follow_up`` is the backbone's own call text or final answer (``None`` for a planner).
     """
+
+    kind: DecisionKind
+    thought: str | None
+    turn: str
+    explicit: bool = True
+    follow_up: str | None = None
+
+
+_BARE_MARKERS = {kind: marker.removesuffix(".") for kind, marker in NEXT_MARKERS.items()}
+#: When an output holds several markers, this one wins (α-UMi tests them in this order).
+_MARKER_PRIORITY: tuple[DecisionKind, ...] = ("give up", "conclusion", "caller")
+
+
+def parse_decision(text: str, role: str = "planner") -> Decision:
+    """The decision of a planner output (``role="planner"``) or a backbone output
+    (``role="backbone"``). Routing, the metrics and the agent all read decisions here.
+
+    Planner outputs, with α-UMi's rules (its inference router and its evaluator):
+
+    * a marker is found without its final period (``Next: caller``): α-UMi's evaluator
+      matches it so, and small models often drop the period;
+    * when an output holds several markers, ``give up`` beats ``conclusion``, which beats
+      ``caller``, wherever they are (α-UMi tests them in that order);
+    * the turn is the output up to the end of the first occurrence of that marker, with its
+      period; what the model wrote after it is not part of the turn;
+    * an output with no marker is a call (α-UMi's router and evaluator both default to it);
+      its turn is the output with the caller marker appended as :func:`format_plan` does.
+
+    Backbone outputs (:func:`format_backbone`): the first of ``"\nAction: "`` (a call, the
+    follow-up being ``"Action: ...\nAction Input: ..."``) and ``"\nconclusion: "`` (the final
+    answer, or a give-up when it is exactly ``give up.``) decides; the thought is the text
+    before it. An output with neither is a call with no call text.
+
+    :func:`format_plan` and :func:`format_backbone` invert it, for thoughts that hold no
+    marker of their own.
+    """
+    if role == "backbone":
+        return _backbone_decision(text)
+    if role != "planner":
+        raise ValueError(f"only planner and backbone outputs hold decisions, not {role!r}")
+    for kind in _MARKER_PRIORITY:
+        start = text.find(_BARE_MARKERS[kind])
+        if start != -1:
+            break
+    else:
+        thought = text.strip() or None
+        return Decision("caller", thought, format_plan(thought, "caller"), explicit=False)
+    end = start + len(_BARE_MARKERS[kind])
+    turn = text[:end] + "."
+    head = text[:start].removesuffix(" ")
+    thought = None if head == "" else head.removesuffix("\n")
+    return Decision(kind, thought, turn)
+
+
+def _backbone_decision(text: str) -> Decision:
     padded = text if text.startswith("\n") else "\n" + text
     offset = len(padded) - len(text)
     call = padded.find("\n" + ACTION_PREFIX)
     conclusion = padded.find(BACKBONE_CONCLUSION_PREFIX)
     if call == -1 and conclusion == -1:
-        return text, None, None
+        return Decision("caller", text, text, explicit=False)
     if conclusion == -1 or (call != -1 and call < conclusion):
-        return padded[offset:call] if call >= offset else "", "caller", padded[call + 1 :]
+        thought = padded[offset:call] if call >= offset else ""
+        return Decision("caller", thought, text, follow_up=padded[call + 1 :])
     thought = padded[offset:conclusion] if conclusion >= offset else ""
     answer = padded[conclusion + len(BACKBONE_CONCLUSION_PREFIX) :]
     if answer == BACKBONE_GIVE_UP:
-        return thought, "give up", None
-    return thought, "conclusion", answer
+        return Decision("give up", thought, text)
+    return Decision("conclusion", thought, text, follow_up=answer)
+
+
+# --------------------------------------------------------------------------------------------
+# Step predictions: "assistant: <planner turn></s>caller: <call>" (α-UMi's predictions field)
+# --------------------------------------------------------------------------------------------
+
+#: The speaker that answers after each decision of the planner.
+FOLLOW_UP_SPEAKER: dict[str, str] = {"caller": CALLER, "conclusion": CONCLUSION}
+
+
+def format_prediction(turn: str, kind: DecisionKind, follow_up: str | None = None) -> str:
+    """A step's prediction as α-UMi's pipeline writes it: the planner turn alone for a
+    give-up, else the planner turn as a history entry and the caller's or summarizer's
+    output after its speaker tag, with no closing separator."""
+    if kind == "give up":
+        return turn
+    return render_turn(ASSISTANT, turn) + f"{FOLLOW_UP_SPEAKER[kind]}: {follow_up or ''}"
+
+
+@dataclass(frozen=True)
+class StepReading:
+    """A step's reference or prediction as α-UMi's evaluator reads it (its ``parse_output``):
+    ``plan`` is ``call``, ``finish`` or ``give up``."""
+
+    plan: str
+    action: str | None = None
+    action_input: str | None = None
+    answer: str | None = None
+
+
+#: α-UMi's evaluator's names for the decisions.
+PLAN_OF_DECISION: dict[str, str] = {"caller": "call", "conclusion": "finish", "give up": "give up"}
+
+
+def read_step(text: str) -> StepReading:
+    """A reference or prediction string (:func:`format_prediction`), read exactly as α-UMi's
+    evaluator (``evaluate-multi_agent.py``) reads it, so that its numbers are reproduced.
+
+    The decision is :func:`parse_decision`'s, applied to the whole string. This is the one
+    place where the metrics read an output differently from the router, which reads the
+    planner's output alone: here a marker in the caller's or summarizer's text counts too
+    (α-UMi's evaluator sees only the joined string), and the call is read as α-UMi reads it,
+    not by :func:`parse_action`: the text after the last ``Action:`` and the last ``Action
+    Input:`` of the part after the first separator (the whole text when there is none), with
+    ``none`` and ``{}`` when they are missing. The final answer is the text after the last
+    ``conclusion: `` (the whole text when there is none), without separators.
+    """
+    kind = parse_decision(text).kind
+    if kind == "give up":
+        return StepReading("give up")
+    if kind == "conclusion":
+        cut = text.rfind(CONCLUSION_TAG)
+        answer = text if cut == -1 else text[cut + len(CONCLUSION_TAG) :]
+        return StepReading("finish", answer=answer.replace(TURN_END, ""))
+    parts = text.split(TURN_END)
+    call = parts[1] if len(parts) > 1 else text
+    action_input = "{}"
+    if ACTION_INPUT_KEY in call:
+        action_input = call[call.rindex(ACTION_INPUT_KEY) + len(ACTION_INPUT_KEY) :].strip()
+    action = "none"
+    if ACTION_KEY in call:
+        action = call[call.rindex(ACTION_KEY) + len(ACTION_KEY) :].strip()
+        if ACTION_INPUT_KEY in action:
+            action = action[: action.index(ACTION_INPUT_KEY)].strip()
+    return StepReading("call", action, action_input)

@@ -114,3 +114,24 @@ class Gateway:
             return JSONResponse(content, status_code=status)
         finally:
             self.busy.leave(self.name)
+
+
+class ScriptedEndpoint(Gateway):
+    """An OpenAI-compatible completions server that answers each prompt from a script
+    (prompt → completion): a model whose outputs are known. A prompt it does not know gets a
+    404, so a client that prompts differently fails."""
+
+    def __init__(self, script: dict[str, str]):
+        super().__init__("scripted", "http://127.0.0.1:9")
+        self.script = script
+        self.unknown: list[str] = []
+
+    async def _handle(self, path: str, request: Request) -> JSONResponse:
+        if request.method == "GET":
+            return JSONResponse({"object": "list", "data": [{"id": "scripted"}]})
+        prompt = (await request.json()).get("prompt")
+        text = self.script.get(prompt)
+        if text is None:
+            self.unknown.append(prompt)
+            return JSONResponse({"error": {"message": "unknown prompt"}}, status_code=404)
+        return JSONResponse({"choices": [{"index": 0, "text": text}]})

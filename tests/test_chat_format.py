@@ -11,7 +11,7 @@ import torch
 from conftest import SAMPLE, STB_ANSWERS, read_json, read_jsonl
 
 from GLPFT.models import TINY_LLAMA, resolve_model
-from process_data.protocol import ROLES, format_action, parse_backbone
+from process_data.protocol import ROLES, format_action, parse_decision
 from process_data.toolbench.cli import main
 
 
@@ -46,8 +46,9 @@ def test_chat_targets_equal_alpha_umi_targets(both_formats, source: str, role: s
             call = last["tool_calls"][0]["function"]
             assert format_action(call["name"], call["arguments"]) == a["target"]
         elif role == "backbone":
-            thought, decision, follow = parse_backbone(a["target"])
-            if decision == "caller":
+            decision = parse_decision(a["target"], "backbone")
+            thought, follow = decision.thought, decision.follow_up
+            if decision.kind == "caller":
                 call = last["tool_calls"][0]["function"]
                 assert last["content"] == thought
                 assert format_action(call["name"], call["arguments"]) == follow

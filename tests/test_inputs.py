@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import SAMPLE, STB_ANSWERS, TOOLBENCH_EXAMPLE, read_json, read_jsonl
 
-from process_data.protocol import parse_plan
+from process_data.protocol import parse_decision
 from process_data.toolbench.cli import main
 from process_data.toolbench.roles import build_role_steps
 from process_data.toolbench.stage1 import convert_tool, read_answer, to_stage1
@@ -62,8 +62,9 @@ def test_thought_only_turn_is_carried_not_dropped(shared) -> None:
     for compat in (True, False):
         conv = to_stage2(to_stage1(answer, compat), compat)["conversations"]
         finish_plan = [t["value"] for t in conv if t["from"] == "assistant"][-1]
-        text, decision = parse_plan(finish_plan)
-        assert decision == "conclusion"
+        decision = parse_decision(finish_plan)
+        text = decision.thought
+        assert decision.kind == "conclusion"
         if compat:  # α-UMi drops the thought: the Finish turn has no thought at all
             assert text is None and all(thought not in t["value"] for t in conv)
         else:  # carried into the planner turn that follows it

@@ -1,4 +1,8 @@
-"""The protocol's formatters and parsers are inverses, and the templates are α-UMi's."""
+"""The protocol's formatters and parsers are inverses, and the templates are α-UMi's.
+
+This is the one test file that spells the markers out: it pins them byte for byte. All other
+code and tests import them from ``process_data.protocol``.
+"""
 
 from __future__ import annotations
 
@@ -12,19 +16,18 @@ from conftest import ALPHA_UMI, read_json
 from process_data.protocol import (
     NEXT_MARKERS,
     PROMPT_TEMPLATES,
-    Turn,
+    Decision,
+    StepReading,
     build_prompt,
     fill_tools,
     format_action,
     format_backbone,
     format_plan,
+    format_prediction,
     parse_action,
-    parse_backbone,
-    parse_history,
-    parse_plan,
-    parse_tool_docs,
+    parse_decision,
     prompt_suffix,
-    render_history,
+    read_step,
     render_tool_docs,
     render_turn,
 )
@@ -51,19 +54,99 @@ def clean_thought(rng: random.Random) -> str:
 def test_plan_roundtrip(seed: int) -> None:
     rng = random.Random(seed)
     thought = None if seed % 5 == 0 else clean_thought(rng)
-    for decision in NEXT_MARKERS:
-        assert parse_plan(format_plan(thought, decision)) == (thought, decision)
+    for kind in NEXT_MARKERS:
+        turn = format_plan(thought, kind)
+        assert parse_decision(turn) == Decision(kind, thought, turn)
 
 
 def test_plan_examples() -> None:
     assert format_plan("I will call it.", "caller") == "I will call it.\n Next: caller."
     assert format_plan(None, "give up") == " Next: give up."
     assert format_plan("", "conclusion") == "\n Next: conclusion."
-    assert parse_plan("\n Next: conclusion.") == ("", "conclusion")
-    # lenient on model outputs: missing period, trailing text
-    assert parse_plan("Look it up. Next: caller") == ("Look it up.", "caller")
-    assert parse_plan("done\n Next: conclusion.</s>junk") == ("done", "conclusion")
-    assert parse_plan("no marker here") == ("no marker here", None)
+    assert parse_decision("\n Next: conclusion.").thought == ""
+
+
+@pytest.mark.parametrize(
+    ("output", "kind", "thought", "turn"),
+    [
+        # the period is optional, and the turn gets it back
+        ("Look it up. Next: caller", "caller", "Look it up.", "Look it up. Next: caller."),
+        ("Done.\n Next: conclusion", "conclusion", "Done.", "Done.\n Next: conclusion."),
+        # what follows the marker is not part of the turn
+        ("done\n Next: conclusion.</s>junk", "conclusion", "done", "done\n Next: conclusion."),
+        # give up beats conclusion beats caller, wherever they are
+        ("a Next: caller. b Next: give up", "give up", "a Next: caller. b", None),
+        ("a Next: conclusion. b Next: caller.", "conclusion", "a", "a Next: conclusion."),
+        # the first occurrence of the winning marker ends the turn
+        ("a Next: caller. b Next: caller.", "caller", "a", "a Next: caller."),
+    ],
+)
+def test_decision_rules(output: str, kind: str, thought: str, turn: str | None) -> None:
+    decision = parse_decision(output)
+    assert (decision.kind, decision.thought, decision.explicit) == (kind, thought, True)
+    assert turn is None or decision.turn == turn
+
+
+def test_no_marker_is_a_call_by_default() -> None:
+    decision = parse_decision("  I should look this up  ")
+    assert decision == Decision(
+        "caller", "I should look this up", format_plan("I should look this up", "caller"), False
+    )
+    assert parse_decision("").thought is None
+
+
+def _random_planner_output(rng: random.Random) -> str:
+    pieces = [rand_text(rng, 0, 12)]
+    for _ in range(rng.randint(0, 3)):
+        marker = rng.choice(list(NEXT_MARKERS.values()))
+        pieces += [marker if rng.random() < 0.5 else marker[:-1], rand_text(rng, 0, 12)]
+    return "".join(pieces).replace("</s>", "")
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_router_and_metrics_read_the_same_decision(seed: int) -> None:
+    """What the pipeline routes a planner output to is what the metrics score it as, as long
+    as the caller's or summarizer's text holds no marker of its own."""
+    from inference_utils.toolbench.infer_pipeline import plan_step
+
+    rng = random.Random(seed)
+    for _ in range(20):
+        output = _random_planner_output(rng)
+        sample = {"dispath": "", "tools": []}
+        role = plan_step(sample, output, {})
+        kind = parse_decision(output).kind
+        assert role == {"caller": "caller", "conclusion": "summarizer", "give up": None}[kind]
+        prediction = sample.get("predictions") or format_prediction(
+            sample["planner_prediction"], kind, "Action: f\nAction Input: {}"
+        )
+        assert (
+            read_step(prediction).plan
+            == {
+                "caller": "call",
+                "conclusion": "finish",
+                "give up": "give up",
+            }[kind]
+        )
+
+
+def test_predictions_are_read_as_alpha_umi_reads_them() -> None:
+    call = format_prediction(
+        format_plan("t", "caller"), "caller", 'Action: f\nAction Input: {"a": 1}'
+    )
+    assert call == 'assistant: t\n Next: caller.</s>caller: Action: f\nAction Input: {"a": 1}'
+    assert read_step(call) == StepReading("call", "f", '{"a": 1}')
+    answer = format_prediction(format_plan("t", "conclusion"), "conclusion", "It is 4.")
+    assert answer == "assistant: t\n Next: conclusion.</s>conclusion: It is 4."
+    assert read_step(answer) == StepReading("finish", answer="It is 4.")
+    assert format_prediction(" Next: give up.", "give up") == " Next: give up."
+    assert read_step(" Next: give up.") == StepReading("give up")
+    # α-UMi's reading where the router's differs: a marker in the caller's text counts
+    odd = format_prediction(format_plan("t", "caller"), "caller", "Next: conclusion")
+    assert parse_decision(format_plan("t", "caller")).kind == "caller"
+    assert read_step(odd).plan == "finish"
+    # with no separator the whole text is the call; no call at all is 'none' with '{}'
+    assert read_step('Action: f\nAction Input: {"a": 1}').action == "f"
+    assert read_step("thinking") == StepReading("call", "none", "{}")
 
 
 @pytest.mark.parametrize("seed", range(200))
@@ -79,34 +162,18 @@ def test_action_lenient() -> None:
     assert parse_action("no call") is None
 
 
-@pytest.mark.parametrize("seed", range(100))
-def test_history_roundtrip(seed: int) -> None:
-    rng = random.Random(seed)
-    speakers = ["user", "assistant", "caller", "observation", "conclusion"]
-    turns = []
-    for _ in range(rng.randint(0, 12)):
-        text = rand_text(rng).replace("</s>", "")
-        if any(f"{s}: " in text for s in speakers):
-            text = text.replace(": ", ":")
-        turns.append(Turn(rng.choice(speakers), text))
-    assert parse_history(render_history(turns)) == turns
-
-
 def test_history_format() -> None:
     turns = [
-        Turn("user", "hi"),
-        Turn("assistant", "t\n Next: caller."),
-        Turn("caller", "Action: f\nAction Input: {}"),
-        Turn("observation", '{"x": 1}'),
-        Turn("assistant", "ok"),
+        ("user", "hi"),
+        ("assistant", "t\n Next: caller."),
+        ("caller", "Action: f\nAction Input: {}"),
+        ("observation", '{"x": 1}'),
+        ("assistant", "ok"),
     ]
-    assert render_history(turns) == (
+    assert "".join(render_turn(*t) for t in turns) == (
         "user: hi</s>assistant: t\n Next: caller.</s>caller: Action: f\nAction Input: {}</s>"
         'observation: {"x": 1}assistant: ok</s>'
     )
-    assert render_turn("observation", "x") == "observation: x"
-    with pytest.raises(ValueError):
-        parse_history("user: unterminated")
 
 
 @pytest.mark.parametrize("seed", range(100))
@@ -117,13 +184,13 @@ def test_backbone_roundtrip(seed: int) -> None:
     answer = rand_text(rng, 1)
     for decision, follow in (("caller", call), ("conclusion", answer), ("give up", None)):
         text = format_backbone(format_plan(thought, decision), decision, follow)
-        assert parse_backbone(text) == (thought, decision, follow)
+        assert parse_decision(text, "backbone") == Decision(decision, thought, text, True, follow)
 
 
 def test_tool_docs_roundtrip(shared) -> None:
     record = read_json(ALPHA_UMI / "train-example" / "raw_data" / "raw_data_stage_2.json")[0]
     doc, names = render_tool_docs(record["tools"])
-    assert parse_tool_docs(doc) == record["tools"]
+    assert [json.loads(line) for line in doc.splitlines()] == record["tools"]
     assert names.split(", ") == [t["Name"] for t in record["tools"]]
 
 
@@ -135,7 +202,7 @@ def test_build_prompt_matches_alpha_umi(role: str, shared) -> None:
     if role == "backbone":  # its history merges planner and caller turns; none before step 1
         assert {t["from"] for t in history} <= {"user", "observation"}
     thought = history[-1]["value"] if role == "caller" else None
-    rendered = render_history(Turn(t["from"], t["value"]) for t in history)
+    rendered = "".join(render_turn(t["from"], t["value"]) for t in history)
     assert build_prompt(role, sample["tools"], rendered, thought) == sample["input"]
 
 

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import random
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import ALPHA_UMI, read_json
 
 from inference_utils.toolbench.evaluate import main
-from inference_utils.toolbench.metrics import aggregate, evaluate, parse_output, score_step
+from inference_utils.toolbench.metrics import aggregate, evaluate, rouge_l, score_step
+from process_data.protocol import (
+    format_action,
+    format_plan,
+    format_prediction,
+    read_step,
+)
 
 STATIC = ALPHA_UMI / "static_eval"
 
@@ -55,21 +63,26 @@ def step(reference: str, prediction: str, tools=("f_for_t",)) -> dict:
     }
 
 
-CALL = "assistant: t\n Next: caller.</s>caller: Action: f_for_t\nAction Input: {}</s>"
+def call(name: str = "f_for_t", arguments: str = "{}") -> str:
+    return format_prediction(format_plan("t", "caller"), "caller", format_action(name, arguments))
+
+
+def finish(answer: str) -> str:
+    return format_prediction(format_plan("x", "conclusion"), "conclusion", answer)
+
+
+CALL = call()
 
 
 def test_where_alpha_umi_crashes_the_result_is_defined() -> None:
     # '...' is empty for rouge once punctuation is gone: α-UMi raises, we score 0
-    finish = step(
-        "assistant: x Next: conclusion.</s>conclusion: The answer is 4.</s>",
-        "assistant: x Next: conclusion.</s>conclusion: ...</s>",
-    )
-    assert evaluate([finish]).metrics["rouge"] == 0.0
+    finished = step(finish("The answer is 4."), finish("..."))
+    assert evaluate([finished]).metrics["rouge"] == 0.0
     # no gold call at all: action_em and the F1s are 0.0 instead of a ZeroDivisionError
-    metrics = evaluate([finish]).metrics
+    metrics = evaluate([finished]).metrics
     assert metrics["action_em"] == 0.0 and metrics["f1"] == pytest.approx(0.0)
     # a call without the '</s>' separator is parsed whole
-    assert parse_output('Action: f_for_t\nAction Input: {"a": 1}').action == "f_for_t"
+    assert read_step(format_action("f_for_t", '{"a": 1}')).action == "f_for_t"
     assert evaluate([]).metrics["plan_em"] == 0.0
 
 
@@ -84,20 +97,17 @@ def test_where_alpha_umi_crashes_the_result_is_defined() -> None:
     ],
 )
 def test_argument_f1(ref_args: str, pred_args: str, f1: float) -> None:
-    ref = CALL.replace("Action Input: {}", f"Action Input: {ref_args}")
-    pred = CALL.replace("Action Input: {}", f"Action Input: {pred_args}")
-    scored = score_step(0, step(ref, pred))
+    scored = score_step(0, step(call(arguments=ref_args), call(arguments=pred_args)))
     assert scored.f1 == [pytest.approx(f1)] and scored.hard_f1 == scored.f1
 
 
 def test_unparsable_gold_arguments_leave_the_step_out() -> None:
-    ref = CALL.replace("Action Input: {}", "Action Input: {oops")
-    scored = score_step(0, step(ref, CALL))
+    scored = score_step(0, step(call(arguments="{oops"), CALL))
     assert scored.action_correct and scored.f1 == scored.easy_f1 == scored.hard_f1 == []
 
 
 def test_breakdown_marks_metrics_that_do_not_apply() -> None:
-    result = evaluate([step(CALL, CALL), step(CALL, CALL.replace("f_for_t", "ghost"))])
+    result = evaluate([step(CALL, CALL), step(CALL, call("ghost"))])
     assert result.by_plan["call"]["action_em"] == 0.5
     assert result.by_plan["finish"]["rouge"] is None
     assert result.hallucinated == [1]
@@ -116,3 +126,48 @@ def test_step_samples_are_alpha_umis(shared) -> None:
         (t["model_input"], t["reference"]) for t in theirs
     }
     assert {s["dispath"] for s in samples} == {t["dispath"] for t in theirs}
+
+
+def _long_answer(records: list[dict], words: int) -> str:
+    """A long final answer made of real ones, with the periods turned into commas: one
+    sentence of about ``words`` words, as a model listing many results writes it."""
+    answers = [read_step(r["reference"]).answer for r in records]
+    text: list[str] = []
+    while len(text) < words:
+        for answer in filter(None, answers):
+            text += answer.replace(".", ",").split()
+    return " ".join(text[:words])
+
+
+def test_rouge_l_is_the_packages_and_defined_on_long_answers(shared) -> None:
+    """Equal to ``rouge`` 1.0.1 where it works; where its recursive LCS overflows the stack
+    (α-UMi's evaluator crashes), still a score, and 1 for an answer equal to its reference."""
+    from rouge import Rouge
+
+    records = read_json(STATIC / "predictions_dev.json")
+    pairs = [
+        (read_step(r["predictions"]).answer or "none", read_step(r["reference"]).answer)
+        for r in records
+        if read_step(r["reference"]).plan == "finish"
+    ]
+    medium = _long_answer(records, 300)
+    pairs += [(medium, medium[: len(medium) // 2]), (medium[::-1], medium)]
+    for hyp, ref in pairs:
+        want = Rouge().get_scores(hyps=[hyp], refs=[ref], avg=True)["rouge-l"]["f"]
+        assert rouge_l(hyp, ref) == want
+    long_ref = _long_answer(records, 1200)
+    words = long_ref.split()
+    random.Random(0).shuffle(words)
+    long_hyp = " ".join(words[:1000])
+    with pytest.raises(RecursionError):
+        Rouge().get_scores(hyps=[long_hyp], refs=[long_ref], avg=True)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)  # deep enough for the package, to compare with it
+    try:
+        want = Rouge().get_scores(hyps=[long_hyp], refs=[long_ref], avg=True)["rouge-l"]["f"]
+    finally:
+        sys.setrecursionlimit(limit)
+    assert rouge_l(long_hyp, long_ref) == want and 0.0 < want < 0.99
+    assert rouge_l(long_ref, long_ref) == pytest.approx(1.0, abs=1e-7)
+    result = evaluate([step(finish(long_ref), finish(long_hyp))])
+    assert result.metrics["rouge"] == pytest.approx(rouge_l(long_hyp, long_ref))

@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 from conftest import ALPHA_UMI, REPO, kill_when, read_json, read_jsonl
 
+from inference_utils.toolbench.infer_pipeline import backbone_prediction
+from inference_utils.toolbench.metrics import evaluate
 from inference_utils.toolbench.steps import step_samples
+from process_data.protocol import MODEL_INPUT_PREFIX
+from process_data.toolbench.roles import build_role_steps
 
 DEV = ALPHA_UMI / "static_eval" / "out_of_domain_dev.json"
 TINY = "tiny-random-llama"
@@ -130,7 +134,9 @@ def test_single_llm_mode_is_scored_by_the_same_evaluator(tmp_path: Path, shared)
     out = tmp_path / "backbone"
     run(pipeline(out, f"--backbone_model_name_or_path={TINY}", n=8))
     predictions = read_json(out / "predictions.json")
-    assert len(predictions) == 8 and all("backbone_output" in p for p in predictions)
+    assert len(predictions) == 8
+    for p in predictions:  # the prediction is the backbone's own output, converted
+        assert p["predictions"] == backbone_prediction(p["backbone_output"])
     from inference_utils.toolbench.evaluate import main as evaluate
 
     assert (
@@ -144,6 +150,33 @@ def test_single_llm_mode_is_scored_by_the_same_evaluator(tmp_path: Path, shared)
         )
         == 0
     )
+
+
+def test_single_llm_mode_prompts_as_training_and_scores_gold_outputs_exactly(
+    tmp_path: Path, shared
+) -> None:
+    """A backbone that answers every training prompt with its training target: single-LLM
+    mode must send exactly those prompts (the same history rendering as the backbone's
+    training data), and its converted outputs must score what the gold references score
+    against themselves."""
+    from openai_gateway import ScriptedEndpoint
+
+    script = {
+        MODEL_INPUT_PREFIX + step.input: step.target
+        for record in read_json(DEV)
+        for step in build_role_steps("backbone", record, compat=False).steps
+    }
+    out = tmp_path / "gold_backbone"
+    with ScriptedEndpoint(script) as server:
+        cmd = pipeline(out, f"--backbone_endpoint={server.url}", "--request_timeout=30", n=-1)
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and not server.unknown, proc.stderr[-2000:]
+    predictions = read_json(out / "predictions.json")
+    assert len(predictions) == len(list(step_samples(read_json(DEV))))
+    gold = [dict(p, predictions=p["reference"]) for p in predictions]
+    ours = evaluate(predictions)
+    assert ours.metrics == evaluate(gold).metrics and ours.metrics["plan_em"] == 1.0
+    assert ours.metrics["action_em"] == 1.0
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """``python -m inference_utils.toolbench.infer_pipeline``: static step-level inference.
 
-planner → route (caller, summarizer, or stop on a give-up) → caller or summarizer, on every
+planner → its decision (caller, summarizer, or stop on a give-up; read by
+``process_data.protocol.parse_decision``) → caller or summarizer, on every
 gold step of a test file in the stage-2 conversation format; or, with
 ``--backbone_model_name_or_path``, the single-LLM backbone on the same steps, scored by the
 same evaluator.
@@ -46,29 +47,21 @@ from inference_utils.toolbench.steps import step_samples
 from process_data.jsonio import JsonArrayWriter
 from process_data.protocol import (
     ASSISTANT,
-    CONCLUSION,
-    NEXT_MARKERS,
     build_prompt,
     format_action,
     format_plan,
+    format_prediction,
     parse_action,
-    parse_backbone,
+    parse_decision,
     render_turn,
 )
 from process_data.toolbench.formats import ChatEncoder, chat_tools
 
 ROLES = ("planner", "caller", "summarizer")
-SPEAKER = {"caller": "caller", "summarizer": CONCLUSION}
-
-
-def route(planner_output: str) -> tuple[str, str]:
-    """``(decision, planner turn)``: the text is cut after its marker, as α-UMi does; an
-    output with no marker is taken as a call."""
-    for decision in ("give up", "conclusion", "caller"):
-        marker = NEXT_MARKERS[decision]
-        if marker in planner_output:
-            return decision, planner_output[: planner_output.index(marker) + len(marker)]
-    return "caller", planner_output + NEXT_MARKERS["caller"]
+#: The role that answers after each planner decision.
+FOLLOW_UP_ROLE = {"caller": "caller", "conclusion": "summarizer"}
+#: The decision whose follow-up each role writes.
+DECISION_OF_ROLE = {role: kind for kind, role in FOLLOW_UP_ROLE.items()}
 
 
 def run_chunk(
@@ -102,13 +95,13 @@ def run_chunk(
 
 def plan_step(sample: dict, output: str, prompt_types: dict[str, str]) -> str | None:
     """Record the planner's output on the sample; the role that follows (None on a give-up)."""
-    decision, plan = route(output)
+    decision = parse_decision(output)
     sample["planner_output"] = output
-    if decision == "give up":
-        sample["predictions"] = plan
+    if decision.kind == "give up":
+        sample["predictions"] = format_prediction(decision.turn, "give up")
         return None
-    role = "caller" if decision == "caller" else "summarizer"
-    sample["planner_prediction"] = plan
+    role = FOLLOW_UP_ROLE[decision.kind]
+    sample["planner_prediction"] = decision.turn
     sample.update(follow_up_input(sample, role, prompt_types))
     return role
 
@@ -118,8 +111,8 @@ def finish(sample: dict, role: str, text: str) -> None:
     if role == "backbone":
         sample.update(predictions=backbone_prediction(text), backbone_output=text)
         return
-    sample["predictions"] = (
-        render_turn(ASSISTANT, sample["planner_prediction"]) + f"{SPEAKER[role]}: {text}"
+    sample["predictions"] = format_prediction(
+        sample["planner_prediction"], DECISION_OF_ROLE[role], text
     )
 
 
@@ -127,7 +120,10 @@ def text_prompt(sample: dict, role: str, prompt_types: dict[str, str]) -> str:
     """A role's α-UMi text prompt for a step (the caller's and summarizer's once planned)."""
     if role == "backbone":
         return build_prompt(
-            "backbone", sample["tools"], sample["dispath"], prompt_type=prompt_types.get("backbone")
+            "backbone",
+            sample["tools"],
+            sample["backbone_history"],
+            prompt_type=prompt_types.get("backbone"),
         )
     return sample["model_input" if role == "planner" else f"model_input_for_{role}"]
 
@@ -208,11 +204,7 @@ def full_record(sample: dict, line: dict, prompt_types: dict[str, str]) -> dict:
     record["predictions"] = line["predictions"]
     if "planner_prediction" in line:
         record["planner_prediction"] = line["planner_prediction"]
-        role = (
-            "caller"
-            if line["planner_prediction"].endswith(NEXT_MARKERS["caller"])
-            else ("summarizer")
-        )
+        role = FOLLOW_UP_ROLE[parse_decision(line["planner_prediction"]).kind]
         record.update(follow_up_input(record, role, prompt_types))
     if "backbone_output" in line:
         record["backbone_output"] = line["backbone_output"]
@@ -220,18 +212,17 @@ def full_record(sample: dict, line: dict, prompt_types: dict[str, str]) -> dict:
 
 
 def backbone_prediction(output: str) -> str:
-    """A backbone output in the multi-LLM prediction format, so one evaluator scores both."""
-    thought, decision, follow = parse_backbone(output)
-    if decision is None:
-        decision = "caller"
-    plan = format_plan(thought or None, decision)
-    if decision == "give up":
-        return plan
-    if decision == "caller":
+    """A backbone output in the multi-LLM prediction format, so one evaluator scores both:
+    its thought becomes the planner turn, its call (normalised when it parses) the caller's
+    output, its final answer the summarizer's. An output that decides nothing is a call of
+    ``none``."""
+    decision = parse_decision(output, "backbone")
+    turn = format_plan(decision.thought or None, decision.kind)
+    follow = decision.follow_up
+    if decision.kind == "caller":
         parsed = parse_action(follow or "")
-        call = format_action(*parsed) if parsed else (follow or "none")
-        return render_turn(ASSISTANT, plan) + "caller: " + call
-    return render_turn(ASSISTANT, plan) + "conclusion: " + (follow or "")
+        follow = format_action(*parsed) if parsed else (follow or "none")
+    return format_prediction(turn, decision.kind, follow)
 
 
 def compact(index: int, sample: dict) -> dict:

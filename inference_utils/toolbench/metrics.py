@@ -8,11 +8,12 @@
   predicted ``{}``), other gold arguments to ``hard_f1``, where a key with the right value
   counts 1 and a key with another value 0.5. A gold argument string that is not JSON leaves
   the step out of all three lists; a prediction that is not JSON scores 0;
-* ``rouge``: ROUGE-L F (the ``rouge`` 1.0.1 package) of the final answer, over gold finish
-  steps.
+* ``rouge``: ROUGE-L F of the final answer, over gold finish steps, as the ``rouge`` 1.0.1
+  package computes it (:func:`rouge_l`, which also scores the long answers it crashes on).
 
-Where α-UMi crashes, the result here is defined instead: see
-:data:`DEFINED_WHERE_ALPHA_UMI_CRASHES`.
+Steps are read by :func:`process_data.protocol.read_step`, exactly as α-UMi's evaluator reads
+them; its docstring says where that reading differs from the router's, and why. Where α-UMi
+crashes, the result here is defined instead: see :data:`DEFINED_WHERE_ALPHA_UMI_CRASHES`.
 """
 
 from __future__ import annotations
@@ -23,53 +24,22 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from process_data.protocol import TURN_END
+from process_data.protocol import CONCLUSION_TAG, PLAN_OF_DECISION, TURN_END, read_step
 
 #: What this module returns where α-UMi's script raises an exception.
 DEFINED_WHERE_ALPHA_UMI_CRASHES = {
     "empty subset": "a metric over no steps (no gold call, no gold finish...) is 0.0",
     "ROUGE of an empty text": "a hypothesis or reference that is empty once punctuation is "
     "removed (such as '...') scores 0 for that step",
-    "call without '</s>'": "a call prediction with no '</s>' separator is parsed whole",
-    "'conclusion:' without a space": "the whole text is the answer",
+    "call without a separator": f"a call prediction with no {TURN_END!r} separator is parsed whole",
+    "a conclusion with no tag": f"with no {CONCLUSION_TAG!r}, the whole text is the answer",
     "F1 of disjoint arguments": "0 (α-UMi reaches 0 too, through a caught ZeroDivisionError)",
+    "ROUGE of a long sentence": "scored (the package's recursive LCS raises RecursionError on "
+    "a sentence of about 1,000 words; rouge_l computes the same score iteratively)",
 }
 
-PLANS = ("call", "finish", "give up")
-
-
-@dataclass(frozen=True)
-class Parsed:
-    plan: str
-    action: str | None = None
-    action_input: str | None = None
-    answer: str | None = None
-
-
-def parse_output(text: str) -> Parsed:
-    """A reference or prediction string, read as α-UMi's ``parse_output`` reads it."""
-    if "Next: give up" in text:
-        return Parsed("give up")
-    if "Next: conclusion" in text:
-        answer = (
-            text[text.rindex("conclusion: ") + len("conclusion: ") :]
-            if ("conclusion:" in text and "conclusion: " in text)
-            else text
-        )
-        return Parsed("finish", answer=answer.replace(TURN_END, ""))
-    parts = text.split(TURN_END)
-    call = parts[1] if len(parts) > 1 else text
-    if "Action Input:" in call:
-        action_input = call[call.rindex("Action Input:") + len("Action Input:") :].strip()
-    else:
-        action_input = "{}"
-    if "Action:" in call:
-        action = call[call.rindex("Action:") + len("Action:") :].strip()
-        if "Action Input:" in action:
-            action = action[: action.index("Action Input:")].strip()
-    else:
-        action = "none"
-    return Parsed("call", action, action_input)
+#: α-UMi's plan names, in its report's order (``read_step`` gives them).
+PLANS = tuple(PLAN_OF_DECISION.values())
 
 
 @dataclass
@@ -118,19 +88,64 @@ _NOT_JSON = object()
 
 
 def rouge_l(hypothesis: str, reference: str) -> float:
-    """ROUGE-L F of one pair, as α-UMi's averaged ``get_scores`` counts it; 0 where the
-    package refuses an empty text."""
-    from rouge import Rouge
+    """ROUGE-L F of one pair, equal to what α-UMi's ``Rouge().get_scores(avg=True)`` (the
+    ``rouge`` 1.0.1 package) gives, but defined on texts of any length.
 
-    try:
-        return Rouge().get_scores(hyps=[hypothesis], refs=[reference], avg=True)["rouge-l"]["f"]
-    except ValueError:  # "Hypothesis is empty." / "Reference is empty."
+    The package reconstructs each longest common subsequence recursively, one Python frame per
+    word, so a sentence of about 1,000 words raises ``RecursionError`` (α-UMi's evaluator
+    crashes there). This is the same computation with an iterative reconstruction: sentences
+    are the non-empty pieces between periods with whitespace collapsed, words are split on
+    single spaces, and the summary-level score is the union, over reference sentences, of
+    the words of each one's LCS with every hypothesis sentence, counted as distinct words
+    (the package's default ``exclusive`` sets), with ``F = 2PR / (P + R + 1e-8)``. Where the
+    package refuses a text that is empty once split (such as ``'...'``), the score is 0.
+    """
+    hyp, ref = _rouge_sentences(hypothesis), _rouge_sentences(reference)
+    if not hyp or not ref:
         return 0.0
+    hyp_words = [s.split(" ") for s in hyp]
+    union: set[str] = set()
+    overlap = 0
+    for sentence in ref:
+        words = sentence.split(" ")
+        before = len(union)
+        for other in hyp_words:
+            union.update(_lcs_words(words, other))
+        overlap += len(union) - before
+    recall = overlap / len({w for s in ref for w in s.split(" ")})
+    precision = overlap / len({w for s in hyp_words for w in s})
+    return 2.0 * ((precision * recall) / (precision + recall + 1e-8))
+
+
+def _rouge_sentences(text: str) -> list[str]:
+    return [" ".join(piece.split()) for piece in text.split(".") if len(piece) > 0]
+
+
+def _lcs_words(x: list[str], y: list[str]) -> list[str]:
+    """The words of one longest common subsequence of ``x`` and ``y``, chosen as the
+    ``rouge`` package's reconstruction chooses them (an upward step wins only when strictly
+    longer)."""
+    n, m = len(x), len(y)
+    table = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(1, n + 1):
+        row, above, word = table[i], table[i - 1], x[i - 1]
+        for j in range(1, m + 1):
+            row[j] = above[j - 1] + 1 if word == y[j - 1] else max(above[j], row[j - 1])
+    words, i, j = [], n, m
+    while i > 0 and j > 0:
+        if x[i - 1] == y[j - 1]:
+            words.append(x[i - 1])
+            i, j = i - 1, j - 1
+        elif table[i - 1][j] > table[i][j - 1]:
+            i -= 1
+        else:
+            j -= 1
+    return words
 
 
 def score_step(index: int, record: dict) -> StepScore:
-    ref = parse_output(record["reference"])
-    pred = parse_output(record["predictions"])
+    ref = read_step(record["reference"])
+    pred = read_step(record["predictions"])
     names = {t["Name"] for t in record.get("tools", [])}
     step = StepScore(
         index=index,

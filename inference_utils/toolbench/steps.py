@@ -7,7 +7,12 @@ Built as α-UMi's ``infer_pipeline.py`` builds them (so that results compare wit
 * ``model_input``: the planner prompt with the gold history so far;
 * ``reference``: ``"assistant: <turn></s><caller or conclusion>: <next turn></s>"`` for a
   call or a conclusion, the bare planner turn for a give-up;
-* ``dispath`` (sic, α-UMi's field name): the rendered gold history.
+* ``dispath`` (sic, α-UMi's field name): the rendered gold history;
+* ``backbone_history``: the same history as the single-LLM backbone's training prompts
+  render it (planner turns merged with their calls and answers), for the backbone mode.
+
+A step is a planner turn whose decision :func:`process_data.protocol.parse_decision` reads
+from an explicit marker (gold turns carry exactly one).
 
 The caller and summarizer prompts that follow the planner's prediction label the planner
 turn ``assistant:``, as in training; α-UMi's pipeline labels it ``planner:``, a label its
@@ -20,14 +25,15 @@ from collections.abc import Iterable, Iterator
 
 from process_data.protocol import (
     ASSISTANT,
-    NEXT_MARKERS,
     PROMPT_TEMPLATES,
     SPEAKERS,
     fill_step,
     fill_tools,
+    parse_decision,
     prompt_suffix,
     render_turn,
 )
+from process_data.toolbench.roles import backbone_history
 
 
 def step_samples(
@@ -41,10 +47,9 @@ def step_samples(
         history = ""
         for j, turn in enumerate(conv):
             speaker, value = turn["from"], turn["value"]
-            if speaker == ASSISTANT and any(m in value for m in NEXT_MARKERS.values()):
-                if ("Next: caller" in value or NEXT_MARKERS["conclusion"] in value) and (
-                    j + 1 < len(conv)
-                ):
+            decision = parse_decision(value) if speaker == ASSISTANT else None
+            if decision is not None and decision.explicit:
+                if decision.kind != "give up" and j + 1 < len(conv):
                     nxt = conv[j + 1]
                     reference = render_turn(ASSISTANT, value) + render_turn(
                         nxt["from"], nxt["value"]
@@ -56,6 +61,7 @@ def step_samples(
                     "instruction": record.get("instruction"),
                     "history": conv[:j],
                     "dispath": history,
+                    "backbone_history": backbone_history(conv, j),
                     "model_input": fill_step(prompt, history) + prompt_suffix("planner"),
                     "reference": reference,
                 }

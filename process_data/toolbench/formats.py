@@ -15,7 +15,12 @@ from collections.abc import Sequence
 from process_data.jsonio import encode_list_items, encode_str, indent_json
 from process_data.protocol import (
     ASSISTANT,
+    BACKBONE_GIVE_UP,
     CALLER,
+    CONCLUSION_TAG,
+    NEXT_CALLER,
+    NEXT_CONCLUSION,
+    NEXT_GIVE_UP,
     OBSERVATION,
     USER,
     format_backbone,
@@ -85,11 +90,11 @@ class AlphaUmiEncoder:
 CHAT_SYSTEM: dict[str, str] = {
     "backbone": "You are a tool-using assistant. Answer the user's question by calling the "
     "available tools one step at a time: give your thought, then call one tool. Once the "
-    "question is answered, write the final answer after 'conclusion: ', or 'conclusion: give "
-    "up.' if it cannot be answered.",
+    f"question is answered, write the final answer after {CONCLUSION_TAG!r}, or "
+    f"{CONCLUSION_TAG + BACKBONE_GIVE_UP!r} if it cannot be answered.",
     "planner": "You are the planner of a team of agents. Given the conversation so far, write "
-    "the thought of the next step, followed by 'Next: caller.' (a tool must be called), "
-    "'Next: conclusion.' (the question can be answered) or 'Next: give up.'.",
+    f"the thought of the next step, followed by {NEXT_CALLER!r} (a tool must be called), "
+    f"{NEXT_CONCLUSION!r} (the question can be answered) or {NEXT_GIVE_UP!r}.",
     "caller": "You are the caller of a team of agents. Make the tool call that carries out the "
     "planner's last thought.",
     "summarizer": "You are the summarizer of a team of agents. Write the final answer to the "

@@ -263,25 +263,45 @@ def backbone_decision(conv: list[dict], i: int) -> str | None:
     return nxt if nxt in (CALLER, CONCLUSION) else None
 
 
+def _backbone_turn(conv: list[dict], i: int) -> tuple[str | None, str]:
+    """``(decision, text)`` of the backbone at planner turn ``i``: the planner turn merged
+    with the call or answer that follows it (the plain turn when it decides nothing)."""
+    decision = backbone_decision(conv, i)
+    if decision is None:
+        return None, conv[i]["value"]
+    follow = conv[i + 1]["value"] if decision != "give up" else None
+    return decision, format_backbone(conv[i]["value"], decision, follow)
+
+
+def _backbone_entry(conv: list[dict], i: int) -> str:
+    speaker, value = conv[i]["from"], conv[i]["value"]
+    if speaker == ASSISTANT:
+        return render_turn(ASSISTANT, _backbone_turn(conv, i)[1])
+    return _plain_history(speaker, value)
+
+
+def backbone_history(conv: list[dict], end: int) -> str:
+    """The history in the backbone's prompt before turn ``end``, as its training data renders
+    it: merged planner turns, user and observation turns; caller turns and conclusions are
+    inside the merged turns. Inference prompts the backbone with it too."""
+    return "".join(_backbone_entry(conv, i) for i in range(end))
+
+
 def _backbone(conv: list[dict], out: RoleSteps, compat: bool) -> None:
     history = ""
     for i, turn in enumerate(conv):
-        speaker, value = turn["from"], turn["value"]
-        if speaker == ASSISTANT:
-            decision = backbone_decision(conv, i)
-            span = value
-            if decision is not None:
-                follow = conv[i + 1]["value"] if decision != "give up" else None
-                span = format_backbone(value, decision, follow)
-                step = Step(i, span, out.prompt, history)
-                if decision == "give up" and compat:
-                    step.stale, step.stale_history = True, out.last_history
-                else:
-                    out.last_history = history
-                out.steps.append(step)
-            history += render_turn(ASSISTANT, span)
-        else:
-            history += _plain_history(speaker, value)
+        if turn["from"] != ASSISTANT:
+            history += _plain_history(turn["from"], turn["value"])
+            continue
+        decision, span = _backbone_turn(conv, i)
+        if decision is not None:
+            step = Step(i, span, out.prompt, history)
+            if decision == "give up" and compat:
+                step.stale, step.stale_history = True, out.last_history
+            else:
+                out.last_history = history
+            out.steps.append(step)
+        history += render_turn(ASSISTANT, span)
 
 
 def build_role_steps(
