@@ -11,21 +11,33 @@ from inference_utils.dag import DependencyFailed, TaskGraph, UnschedulableTasks
 
 
 class Gauge:
-    """Counts tasks in flight, overall and per lane, and keeps the maxima."""
+    """Counts tasks in flight, overall and per lane, and keeps the maxima.
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
+    A task holds its worker until every expected peak has been reached (or ``patience``
+    seconds pass), so the peaks do not depend on how fast a loaded machine starts threads: a
+    correct executor reaches them at once, one that under-schedules times out short of them.
+    """
+
+    def __init__(self, expect: dict[str, int], patience: float = 10.0) -> None:
+        self.cond = threading.Condition()
         self.now: dict[str, int] = {}
         self.peak: dict[str, int] = {}
+        self.expect = expect
+        self.patience = patience
 
-    def task(self, lane: str, value=None, seconds: float = 0.02):
+    def _reached(self) -> bool:
+        return all(self.peak.get(k, 0) >= n for k, n in self.expect.items())
+
+    def task(self, lane: str, value=None):
         def run(*_):
-            with self.lock:
+            with self.cond:
                 for k in (lane, "*"):
                     self.now[k] = self.now.get(k, 0) + 1
                     self.peak[k] = max(self.peak.get(k, 0), self.now[k])
-            time.sleep(seconds)
-            with self.lock:
+                self.cond.notify_all()
+                self.cond.wait_for(self._reached, timeout=self.patience)
+            time.sleep(0.005)  # room for an executor that oversteps a cap to show it
+            with self.cond:
                 for k in (lane, "*"):
                     self.now[k] -= 1
             return value
@@ -55,16 +67,15 @@ def test_results_flow_along_dependencies_in_order() -> None:
 
 
 def test_lanes_cap_their_own_concurrency_and_not_the_others() -> None:
-    gauge = Gauge()
+    expect = {"slow": 2, "fast": 4, "*": 6}  # fast: the six workers minus the slow lane's two
+    gauge = Gauge(expect)
     graph = TaskGraph(max_workers=6, lanes={"slow": 2})
     for i in range(8):
-        graph.add(("slow", i), gauge.task("slow", seconds=0.05), lane="slow")
-        graph.add(("fast", i), gauge.task("fast", seconds=0.05), lane="fast")
+        graph.add(("slow", i), gauge.task("slow"), lane="slow")
+        graph.add(("fast", i), gauge.task("fast"), lane="fast")
     outcome = graph.run()
     assert len(outcome.results) == 16
-    assert gauge.peak["slow"] == 2
-    assert gauge.peak["fast"] == 4  # the six workers minus the slow lane's two
-    assert gauge.peak["*"] == 6
+    assert gauge.peak == expect
 
 
 def test_a_blocked_lane_does_not_stall_another() -> None:
