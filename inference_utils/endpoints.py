@@ -23,7 +23,8 @@ from typing import Any
 
 import httpx
 
-from process_data.protocol import MODEL_INPUT_PREFIX, OBSERVATION, format_action
+from process_data.protocol import MODEL_INPUT_PREFIX, format_action
+from process_data.toolbench.formats import plain_roles
 
 APIS = ("completions", "chat")
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -74,24 +75,6 @@ def _find_role_rejection(value: Any) -> bool:
         except ValueError:
             return False
     return False
-
-
-def plain_roles(messages: Sequence[dict]) -> list[dict]:
-    """Messages with tool results as ``user`` text and tool calls as ``assistant`` text."""
-    out = []
-    for m in messages:
-        if m["role"] in ("tool", "function"):
-            out.append({"role": "user", "content": f"{OBSERVATION}: {m.get('content') or ''}"})
-        elif m.get("tool_calls"):
-            calls = [
-                format_action(c["function"]["name"], c["function"]["arguments"])
-                for c in m["tool_calls"]
-            ]
-            text = "\n".join(filter(None, [m.get("content") or "", *calls]))
-            out.append({"role": "assistant", "content": text})
-        else:
-            out.append({"role": m["role"], "content": m.get("content") or ""})
-    return out
 
 
 def message_text(message: dict) -> str:

@@ -5,6 +5,8 @@
   they are encoded once per trajectory and reused.
 * ``chat``: one JSON line per step with OpenAI-style ``messages`` and ``tools``, the ``role``
   the sample trains and ``train_turns``, the indices of the messages that carry the loss.
+  Where a chat template or a server knows only system / user / assistant messages,
+  :func:`plain_roles` writes the tool turns as text in the α-UMi format's own words.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from process_data.protocol import (
     NEXT_GIVE_UP,
     OBSERVATION,
     USER,
+    format_action,
     format_backbone,
     parse_action,
     strip_marker,
@@ -124,6 +127,33 @@ def chat_tools(tools: Sequence[dict]) -> list[dict]:
             }
         )
     return out
+
+
+def plain_roles(messages: Sequence[dict], calls: bool = True, results: bool = True) -> list[dict]:
+    """Messages with tool turns as plain text, for chat templates and servers that drop or
+    refuse them: with ``calls``, an assistant message's tool calls become its text (its
+    content, then each call as the caller writes it, :func:`format_action`); with
+    ``results``, a tool result becomes a ``user`` message ``"observation: <result>"``, as in
+    α-UMi's history. Other messages are kept as they are."""
+    out = []
+    for m in messages:
+        if results and m["role"] in ("tool", "function"):
+            out.append({"role": "user", "content": f"{OBSERVATION}: {m.get('content') or ''}"})
+        elif calls and m.get("tool_calls"):
+            texts = [
+                format_action(c["function"]["name"], arguments_text(c["function"]["arguments"]))
+                for c in m["tool_calls"]
+            ]
+            text = "\n".join(filter(None, [m.get("content") or "", *texts]))
+            out.append({"role": "assistant", "content": text})
+        else:
+            out.append(m)
+    return out
+
+
+def arguments_text(arguments: str | dict) -> str:
+    """A tool call's arguments as text: a string as it is, a JSON object serialised."""
+    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
 
 
 class ChatEncoder:
