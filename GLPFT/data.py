@@ -10,6 +10,19 @@ The loss goes only where the model must learn to write:
   own chat template up to each of them. A template that is not prefix-stable (an earlier
   turn renders differently once later turns exist) is an error.
 
+  Tool turns: many chat templates (SmolLM2's among them) write only each message's
+  ``content``, so an assistant message that holds a ``tool_calls`` entry renders empty and a
+  caller sample would train on nothing but the end-of-turn token. A probe conversation shows
+  what the template writes (or refuses): where it drops tool calls, each call is written into
+  its assistant message's text as the caller's own text (``Action: <name>`` and ``Action
+  Input: <arguments>`` lines), as the α-UMi format trains it; where it drops or refuses tool
+  results, they become ``user`` messages ``observation: <result>``. These are the conversions
+  the endpoint client applies for servers that refuse tool messages
+  (:func:`process_data.toolbench.formats.plain_roles`). A template that renders tool calls
+  trains them as it renders them. A one-line notice says when the fallback is used, and a
+  trained turn whose call (name and arguments) does not appear in its rendered span is an
+  error that names the template and the sample.
+
 Over-long samples lose the start of their prompt (after any leading special tokens), never
 their target. A sample with nothing to train is an error that names it.
 """
@@ -24,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from process_data.jsonio import iter_json_array
-from process_data.protocol import MODEL_INPUT_PREFIX
+from process_data.protocol import MODEL_INPUT_PREFIX, OBSERVATION, format_action
+from process_data.toolbench.formats import arguments_text, plain_roles
 
 IGNORE_INDEX = -100
 
@@ -125,12 +139,108 @@ def tokenize_alpha_umi(record: dict, tokenizer: Any, max_length: int) -> Tokeniz
     )
 
 
+def template_name(tokenizer: Any) -> str:
+    """What names a chat template in messages: the tokenizer's name or path."""
+    return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+
+
 def render_chat(
     tokenizer: Any, messages: list[dict], tools: list | None, generation_prompt: bool = False
 ) -> str:
-    return tokenizer.apply_chat_template(
-        messages, tools=tools or None, tokenize=False, add_generation_prompt=generation_prompt
+    """The conversation as the tokenizer's chat template writes it; a template that refuses
+    it (``raise_exception``) is a :class:`SampleError` naming the template."""
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tools=tools or None, tokenize=False, add_generation_prompt=generation_prompt
+        )
+    except TemplateError as exc:
+        raise SampleError(
+            f"the chat template of {template_name(tokenizer)} refuses the conversation: {exc}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class ToolSupport:
+    """What a chat template writes of the chat format's tool turns."""
+
+    calls: bool  # an assistant message's tool calls (name and arguments)
+    results: bool  # ``tool`` messages
+
+
+#: The probe conversation's call, result and question: strings no template writes by itself.
+_PROBE_ARGUMENT = ("probe_key_7c1e", "probe value 7c1e")
+_PROBE_CALL = {"name": "probe_function_7c1e", "arguments": json.dumps(dict([_PROBE_ARGUMENT]))}
+_PROBE_RESULT = "probe result 7c1e"
+_PROBE_QUESTION = "probe question 7c1e"
+
+
+def tool_support(tokenizer: Any) -> ToolSupport:
+    """Render a probe conversation (system, user, a tool call, its result) and see what of the
+    call and the result appears after the user's question: one render (under a millisecond),
+    more only when the template refuses the conversation, to find which turn it refuses."""
+    schema = {"type": "object", "properties": {}}
+    tools = [{"type": "function", "function": {"name": _PROBE_CALL["name"], "parameters": schema}}]
+    head = [{"role": "system", "content": "probe"}, {"role": "user", "content": _PROBE_QUESTION}]
+    call = {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"id": "call_probe", "type": "function", "function": _PROBE_CALL}],
+    }
+    result = {"role": "tool", "tool_call_id": "call_probe", "content": _PROBE_RESULT}
+
+    def written(messages: list[dict]) -> str:
+        """What the template writes after the question; nothing if it refuses."""
+        try:
+            return render_chat(tokenizer, messages, tools).partition(_PROBE_QUESTION)[2]
+        except SampleError:
+            return ""
+
+    def has_call(text: str) -> bool:
+        return all(mark in text for mark in (_PROBE_CALL["name"], *_PROBE_ARGUMENT))
+
+    text = written([*head, call, result])
+    if text:
+        return ToolSupport(calls=has_call(text), results=_PROBE_RESULT in text)
+    calls = has_call(written([*head, call]))
+    results = _PROBE_RESULT in written([*head, *plain_roles([call], calls=not calls), result])
+    return ToolSupport(calls=calls, results=results)
+
+
+def _notice(tokenizer: Any, support: ToolSupport) -> None:
+    """Say once per process that tool turns are written as text, and how."""
+    from transformers.utils import logging
+
+    dropped = []
+    if not support.calls:
+        dropped.append(f"tool calls (written as {format_action('<name>', '<arguments>')!r})")
+    if not support.results:
+        dropped.append(f"tool results (written as user messages {OBSERVATION + ': <result>'!r})")
+    logging.get_logger(__name__).warning_once(
+        f"chat format: the chat template of {template_name(tokenizer)} does not render "
+        + " or ".join(dropped)
+        + "; they are trained as text (see GLPFT/data.py)"
     )
+
+
+def _check_calls(
+    tokenizer: Any, messages: list[dict], turns: Sequence[int], text: str, spans: list
+) -> None:
+    """Every tool call of a trained turn must appear in the turn's span: its name, and its
+    arguments as they are or JSON-escaped (templates that apply ``tojson`` to them)."""
+    for k, (a, b) in zip(sorted(turns), spans, strict=True):
+        for call in messages[k].get("tool_calls") or []:
+            name = call["function"]["name"]
+            arguments = arguments_text(call["function"]["arguments"])
+            escaped = json.dumps(arguments, ensure_ascii=False)[1:-1]
+            span = text[a:b]
+            if name not in span or (arguments not in span and escaped not in span):
+                raise SampleError(
+                    f"the chat template of {template_name(tokenizer)} does not write the tool "
+                    f"call {name!r} of message {k} into its turn: the turn would train nothing "
+                    "of the call"
+                )
 
 
 def trained_spans(
@@ -158,11 +268,20 @@ def trained_spans(
 
 
 def tokenize_chat(record: dict, tokenizer: Any, max_length: int) -> Tokenized:
+    """A chat record rendered by the tokenizer's chat template, with the tool turns the
+    template would drop or refuse written as text (see the module docstring)."""
     messages, tools = record["messages"], record.get("tools")
     turns = record.get("train_turns")
     if turns is None:  # plain chat data: every assistant turn
         turns = [k for k, m in enumerate(messages) if m.get("role") == "assistant"]
-    text, spans = trained_spans(tokenizer, messages, tools, turns)
+    rendered = messages
+    if any(m.get("tool_calls") or m.get("role") in ("tool", "function") for m in messages):
+        support = tool_support(tokenizer)
+        if not (support.calls and support.results):
+            _notice(tokenizer, support)
+            rendered = plain_roles(messages, calls=not support.calls, results=not support.results)
+    text, spans = trained_spans(tokenizer, rendered, tools, turns)
+    _check_calls(tokenizer, messages, turns, text, spans)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     trained = [any(a <= start < b for a, b in spans) for start, _ in offsets]
