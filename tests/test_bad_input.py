@@ -11,7 +11,7 @@ import pytest
 from conftest import ALPHA_UMI, SAMPLE, TOOLBENCH_EXAMPLE, read_json, read_jsonl
 from conftest import STB_ANSWERS as STB
 
-from process_data.protocol import ROLES
+from process_data.protocol import ACTION_INPUT_PREFIX, ROLES
 from process_data.toolbench.cli import main
 
 
@@ -98,8 +98,8 @@ def test_wrong_types_inside_a_chain(tmp_path: Path) -> None:
     assert [(Path(r["file"]).name, r["stage"]) for r in rejects] == [("2_x.json", "stage2")]
     assert "function_call of message 2 is not an object" in rejects[0]["reason"]
     callers = read_json(tmp_path / "out" / "train_caller.json")
-    assert any(c["target"].endswith('Action Input: {"not": "a string"}') for c in callers)
-    assert any(c["target"].endswith("Action Input: {'a': ") for c in callers)
+    assert any(c["target"].endswith(ACTION_INPUT_PREFIX + '{"not": "a string"}') for c in callers)
+    assert any(c["target"].endswith(ACTION_INPUT_PREFIX + "{'a': ") for c in callers)
     check_reconciled(tmp_path / "out", 3)
 
 

@@ -26,6 +26,7 @@ from inference_utils.endpoints import (
     rejects_tool_roles,
 )
 from inference_utils.toolbench.steps import step_samples
+from process_data.protocol import MODEL_INPUT_PREFIX, OBSERVATION, format_action
 
 ROLES = ("planner", "caller", "summarizer")
 #: three short dev trajectories (8 steps: calls, conclusions, a give-up; observations in
@@ -115,7 +116,7 @@ def test_endpoints_chain_concurrently_in_input_order(
     assert predictions == reference  # greedy on the server: the same as another run
     # the planner endpoint saw exactly the training prompt of every step
     prompts = [e["body"]["prompt"] for e in gateways["planner"].log]
-    assert sorted(prompts) == sorted("system: " + s["model_input"] for s in samples)
+    assert sorted(prompts) == sorted(MODEL_INPUT_PREFIX + s["model_input"] for s in samples)
     follow = len(gateways["caller"].log) + len(gateways["summarizer"].log)
     assert follow == sum("planner_prediction" in p for p in predictions)
     # a follow-up started while other samples' planner requests were still in flight
@@ -153,7 +154,7 @@ def test_chat_api_converts_tool_turns_for_servers_that_refuse_them(
     # once refused, a client sends plain roles: observations as user text, calls as text
     sent = [e["body"]["messages"] for e in log if e["status"] == 200]
     assert all(m["role"] in ("system", "user", "assistant") for ms in sent for m in ms)
-    assert any(m["content"].startswith("observation: ") for ms in sent for m in ms)
+    assert any(m["content"].startswith(f"{OBSERVATION}: ") for ms in sent for m in ms)
     # a client learns it once: only requests already in flight then (4 per role) are refused
     assert all(g.statuses().count(400) <= 4 for g in gateways.values())
 
@@ -232,8 +233,8 @@ def test_role_rejections_are_recognised() -> None:
     ]
     assert plain_roles(messages) == [
         {"role": "user", "content": "q"},
-        {"role": "assistant", "content": 'Action: f\nAction Input: {"a": 1}'},
-        {"role": "user", "content": 'observation: {"r": 2}'},
+        {"role": "assistant", "content": format_action("f", '{"a": 1}')},
+        {"role": "user", "content": f'{OBSERVATION}: {{"r": 2}}'},
     ]
 
 

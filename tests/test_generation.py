@@ -17,6 +17,7 @@ from inference_utils.generation import (
     runs,
 )
 from inference_utils.toolbench.steps import step_samples
+from process_data.protocol import MODEL_INPUT_PREFIX
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_shared_prefixes_are_computed_once_with_the_same_outputs(
     texts, prefill = run(model, tokenizer, dev_prompts, max_new_tokens=5, batch_size=batch_size)
     assert texts == plain
     # later steps of a trajectory extend the earlier ones: most of each prompt is cached
-    ids = [tokenizer("system: " + p)["input_ids"][-4096:] for p in dev_prompts]
+    ids = [tokenizer(MODEL_INPUT_PREFIX + p)["input_ids"][-4096:] for p in dev_prompts]
     assert plain_prefill == sum(len(x) for x in ids)
     shared_tokens = sum(common_prefix(a, b) for a, b in zip(ids, ids[1:], strict=False))
     assert prefill <= plain_prefill - shared_tokens

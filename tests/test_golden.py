@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import ALPHA_UMI, read_json
 
-from process_data.protocol import ROLES
+from process_data.protocol import BACKBONE_CONCLUSION_PREFIX, BACKBONE_GIVE_UP, ROLES
 from process_data.toolbench.cli import main
 
 EXAMPLE = ALPHA_UMI / "train-example"
@@ -118,7 +118,7 @@ def test_default_mode_differs_only_in_backbone_give_ups(tmp_path: Path, shared) 
     assert changed, "the fixture has give-ups, whose α-UMi prompt is stale"
     for i in changed:
         a, b = ours[i], theirs[i]
-        assert a["target"].endswith("\nconclusion: give up.")
+        assert a["target"].endswith(BACKBONE_CONCLUSION_PREFIX + BACKBONE_GIVE_UP)
         assert (a["tools"], a["history"], a["target"]) == (b["tools"], b["history"], b["target"])
         # our prompt ends with the full history, the last assistant turn included
         last = a["history"][-1]

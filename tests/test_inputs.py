@@ -8,7 +8,14 @@ from pathlib import Path
 
 from conftest import SAMPLE, STB_ANSWERS, TOOLBENCH_EXAMPLE, read_json, read_jsonl
 
-from process_data.protocol import parse_decision
+from process_data.protocol import (
+    BACKBONE_CONCLUSION_PREFIX,
+    BACKBONE_GIVE_UP,
+    USER,
+    format_plan,
+    parse_decision,
+    render_turn,
+)
 from process_data.toolbench.cli import main
 from process_data.toolbench.roles import build_role_steps
 from process_data.toolbench.stage1 import convert_tool, read_answer, to_stage1
@@ -84,7 +91,7 @@ def test_thought_at_the_end_becomes_the_conclusion() -> None:
     assert to_stage2(record, compat=True)["conversations"] == [{"from": "user", "value": "q"}]
     conv = to_stage2(record, compat=False)["conversations"]
     assert conv[1:] == [
-        {"from": "assistant", "value": " Next: conclusion."},
+        {"from": "assistant", "value": format_plan(None, "conclusion")},
         {"from": "conclusion", "value": "The answer is 4."},
     ]
 
@@ -95,7 +102,7 @@ def _give_up_first_record() -> dict:
         "instruction": "q",
         "conversations": [
             {"from": "user", "value": "q"},
-            {"from": "assistant", "value": "Cannot.\n Next: give up."},
+            {"from": "assistant", "value": format_plan("Cannot.", "give up")},
         ],
     }
 
@@ -104,8 +111,8 @@ def test_first_turn_give_up_uses_its_own_prompt() -> None:
     steps = build_role_steps("backbone", _give_up_first_record(), compat=False)
     assert len(steps.steps) == 1
     step = steps.steps[0]
-    assert step.input == step.fresh_input and "user: q</s>" in step.input
-    assert step.target == "Cannot.\nconclusion: give up."
+    assert step.input == step.fresh_input and render_turn(USER, "q") in step.input
+    assert step.target == "Cannot." + BACKBONE_CONCLUSION_PREFIX + BACKBONE_GIVE_UP
     compat = build_role_steps("backbone", _give_up_first_record(), compat=True)
     assert compat.steps[0].input is None  # filled from the previous trajectory by the writer
 
@@ -117,7 +124,7 @@ def test_compat_give_up_takes_the_previous_trajectory_prompt(tmp_path: Path) -> 
         "instruction": "q1",
         "conversations": [
             {"from": "user", "value": "q1"},
-            {"from": "assistant", "value": "t\n Next: conclusion."},
+            {"from": "assistant", "value": format_plan("t", "conclusion")},
             {"from": "conclusion", "value": "a1"},
         ],
     }
@@ -142,8 +149,8 @@ def test_compat_give_up_takes_the_previous_trajectory_prompt(tmp_path: Path) -> 
             == 0
         )
         samples = read_json(out)
-        assert ("user: q1</s>" in samples[1]["input"]) is compat
-        assert ("user: q</s>" in samples[1]["input"]) is not compat
+        assert (render_turn(USER, "q1") in samples[1]["input"]) is compat
+        assert (render_turn(USER, "q") in samples[1]["input"]) is not compat
 
 
 def test_test_ids_per_group(tmp_path: Path, shared) -> None:
@@ -197,7 +204,9 @@ def test_bundled_sample_covers_every_shape(tmp_path: Path) -> None:
     assert any("hallucinated" in r for r in kinds["skipped"])
     assert any("no final answer" in r for r in kinds["skipped"])
     backbone = read_json(tmp_path / "train_backbone.json")
-    assert any(s["target"].endswith("conclusion: give up.") for s in backbone)
+    assert any(
+        s["target"].endswith(BACKBONE_CONCLUSION_PREFIX + BACKBONE_GIVE_UP) for s in backbone
+    )
     stage2 = read_json(tmp_path / "raw_data" / "raw_data_stage_2.json")
     users = [t for r in stage2 for t in r["conversations"][1:] if t["from"] == "user"]
     assert users, "a DFS diversity prompt appears as a later user turn"

@@ -13,7 +13,7 @@ from conftest import ALPHA_UMI, REPO, kill_when, read_json, read_jsonl
 from inference_utils.toolbench.infer_pipeline import backbone_prediction
 from inference_utils.toolbench.metrics import evaluate
 from inference_utils.toolbench.steps import step_samples
-from process_data.protocol import MODEL_INPUT_PREFIX
+from process_data.protocol import ASSISTANT, MODEL_INPUT_PREFIX, USER, prompt_suffix, render_turn
 from process_data.toolbench.roles import build_role_steps
 
 DEV = ALPHA_UMI / "static_eval" / "out_of_domain_dev.json"
@@ -69,7 +69,9 @@ def test_multi_llm_chain_keeps_input_order_and_alpha_umi_fields(tmp_path: Path, 
         } <= p.keys()
         if "planner_prediction" in p:  # routed to the caller or the summarizer
             follow = [k for k in p if k.startswith("model_input_for_")]
-            assert len(follow) == 1 and "assistant: " + p["planner_prediction"] in p[follow[0]]
+            assert (
+                len(follow) == 1 and render_turn(ASSISTANT, p["planner_prediction"]) in p[follow[0]]
+            )
     lines = read_jsonl(out / "predictions.jsonl")
     assert [x["index"] for x in lines] == list(range(24))
     from inference_utils.toolbench.evaluate import main as evaluate
@@ -208,7 +210,7 @@ def test_lora_adapters_share_one_base(tmp_path: Path, adapters: dict[str, Path])
         {r: str(p) for r, p in adapters.items()},
         GenerationSettings(max_new_tokens=5, max_input_length=256),
     )
-    prompt = ["user: Weather in Lyon?</s> assistant: "]
+    prompt = [render_turn(USER, "Weather in Lyon?") + prompt_suffix("planner")]
     outputs = {role: models.generate(role, prompt)[0] for role in adapters}
     assert len(set(outputs.values())) > 1  # the adapters are switched per role
     bases = [m for m in models.model.modules() if type(m).__name__ == "LlamaModel"]
