@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 
-from process_data.protocol import MODEL_INPUT_PREFIX, format_action
-from process_data.toolbench.formats import plain_roles
+from process_data.protocol import MODEL_INPUT_PREFIX
+from process_data.toolbench.formats import assistant_text, plain_roles
 
 APIS = ("completions", "chat")
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -75,15 +75,6 @@ def _find_role_rejection(value: Any) -> bool:
         except ValueError:
             return False
     return False
-
-
-def message_text(message: dict) -> str:
-    """A chat answer as text: its content, then its tool calls in the caller's format."""
-    calls = [
-        format_action(c["function"]["name"], c["function"].get("arguments") or "{}")
-        for c in message.get("tool_calls") or []
-    ]
-    return "\n".join(filter(None, [message.get("content") or "", *calls]))
 
 
 class EndpointClient:
@@ -156,7 +147,7 @@ class EndpointClient:
         except _RoleRejected:
             self.plain_roles = True
             return self.chat(messages, tools)
-        return message_text(_first_choice(answer, self.endpoint.url)["message"])
+        return assistant_text(_first_choice(answer, self.endpoint.url)["message"])
 
     def generate(self, prompt: str | Sequence[dict], tools: Sequence[dict] | None = None) -> str:
         """Text prompts go to the completions API, message lists to the chat API."""

@@ -140,15 +140,20 @@ def plain_roles(messages: Sequence[dict], calls: bool = True, results: bool = Tr
         if results and m["role"] in ("tool", "function"):
             out.append({"role": "user", "content": f"{OBSERVATION}: {m.get('content') or ''}"})
         elif calls and m.get("tool_calls"):
-            texts = [
-                format_action(c["function"]["name"], arguments_text(c["function"]["arguments"]))
-                for c in m["tool_calls"]
-            ]
-            text = "\n".join(filter(None, [m.get("content") or "", *texts]))
-            out.append({"role": "assistant", "content": text})
+            out.append({"role": "assistant", "content": assistant_text(m)})
         else:
             out.append(m)
     return out
+
+
+def assistant_text(message: dict) -> str:
+    """An assistant message as text: its content, then each tool call as the caller writes it
+    (:func:`format_action`; missing arguments are ``{}``), one per line."""
+    calls = [
+        format_action(c["function"]["name"], arguments_text(c["function"].get("arguments") or {}))
+        for c in message.get("tool_calls") or []
+    ]
+    return "\n".join(filter(None, [message.get("content") or "", *calls]))
 
 
 def arguments_text(arguments: str | dict) -> str:
