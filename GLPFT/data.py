@@ -29,8 +29,10 @@ their target. A sample with nothing to train is an error that names it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -330,19 +332,51 @@ def cpu_count() -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _raw_rows(files: list[str], signature: list, limit: int, ratio: float, seed: int):
-    """Rows ``{source, record}`` of the files; ``signature`` only keys the cache."""
-    import random
+#: Records per tokenization batch: the only rows held as Python lists at a time, per process.
+TOKENIZE_BATCH = 64
+#: Fewest records worth a tokenization process of their own (a worker costs about a second).
+ROWS_PER_PROCESS = 256
+#: Records per tokenizing ``map`` (and pool of processes). The processes read the records
+#: from a memory-mapped Arrow file, whose pages count in their RSS until they exit: a pool
+#: per chunk keeps that to a chunk's records, whatever the size of the data.
+MAP_CHUNK = 8192
+#: Packed rows built per batch; their members are fetched from the Arrow cache together.
+PACK_BATCH = 256
 
+
+def subsample(count: int, limit: int, ratio: float, seed: int) -> list[int] | None:
+    """α-UMi's ``--max_num_sample_per_data`` / ``--max_num_sample_ratio``: the sorted indices of
+    the records a file of ``count`` records keeps, or None for all of them.
+
+    A seeded shuffle of the indices, cut to ``limit`` (or ``count * ratio``), as the records
+    themselves were shuffled before: only the count is needed, not the records.
+    """
+    if not (limit or ratio):
+        return None
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    return sorted(order[: limit or int(count * ratio)])
+
+
+def _raw_rows(files: list[str], limit: int, ratio: float, seed: int) -> Iterator[dict]:
+    """Rows ``{source, record}`` (the record as JSON text), streamed from the files.
+
+    With subsampling, a first pass counts a file's records and a second keeps the chosen ones;
+    only the kept indices are held, never the records.
+    """
     for name in files:
         path = Path(name)
-        records = list(iter_records(path))
-        order = list(range(len(records)))
-        if limit or ratio:  # α-UMi's --max_num_sample_per_data / --max_num_sample_ratio
-            random.Random(seed).shuffle(order)
-            order = sorted(order[: limit or int(len(records) * ratio)])
-        for index in order:
-            yield {"source": f"{path}#{index}", "record": json.dumps(records[index])}
+        keep, last = None, None
+        if limit or ratio:
+            keep = set(subsample(sum(1 for _ in iter_records(path)), limit, ratio, seed) or ())
+            if not keep:
+                continue
+            last = max(keep)
+        for index, record in enumerate(iter_records(path)):
+            if keep is None or index in keep:
+                yield {"source": f"{path}#{index}", "record": json.dumps(record)}
+            if index == last:
+                break  # the rest of the file holds no chosen record
 
 
 def _tokenize_rows(batch: dict, tokenizer: Any, max_length: int) -> dict:
@@ -365,6 +399,46 @@ def _tokenize_rows(batch: dict, tokenizer: Any, max_length: int) -> dict:
     return out
 
 
+def _features(lists: Sequence[str], ints: Sequence[str], strings: Sequence[str] = ()) -> Any:
+    """Arrow columns of 32-bit ints (token ids fit), half the size of inferred int64."""
+    from datasets import Features, List, Value
+
+    return Features(
+        {name: Value("string") for name in strings}
+        | {name: List(Value("int32")) for name in lists}
+        | {name: Value("int32") for name in ints}
+    )
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, default=repr).encode("utf-8")).hexdigest()[:32]
+
+
+def _code_version() -> str:
+    """This module's source and the prompt prefix: a change to how samples are read or
+    tokenized is a new cache."""
+    return _digest(Path(__file__).read_text(encoding="utf-8"), MODEL_INPUT_PREFIX)
+
+
+def tokenizer_signature(tokenizer: Any) -> str:
+    """What fixes a tokenizer's output: a fast tokenizer's whole serialisation (vocabulary,
+    merges, normalisation, pre- and post-processing), its special tokens and chat template."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        body = backend.to_str()
+    else:  # a slow tokenizer: its pickled state
+        from datasets.fingerprint import Hasher
+
+        body = Hasher.hash(tokenizer)
+    return _digest(
+        type(tokenizer).__name__,
+        body,
+        tokenizer.all_special_ids,
+        tokenizer.eos_token_id,
+        getattr(tokenizer, "chat_template", None),
+    )
+
+
 def build_dataset(
     data_path: str,
     tokenizer: Any,
@@ -374,60 +448,140 @@ def build_dataset(
     max_num_sample_ratio: float = 0.0,
     num_proc: int | None = None,
     cache_dir: str | None = None,
+    chunk_size: int = MAP_CHUNK,
 ) -> Any:
-    """Tokenized samples as a ``datasets.Dataset`` (cached on disk by content and settings).
+    """Tokenized samples as a ``datasets.Dataset``, memory-mapped from an on-disk cache.
+
+    The files are streamed into an Arrow file of records, then tokenized by ``num_proc``
+    processes, ``chunk_size`` records at a time. Both steps are cached under ``cache_dir``
+    (default: the ``datasets`` cache), keyed by the files' signature (path, size,
+    modification time), the subsampling settings, the tokenizer, ``max_length`` and this
+    module's code: the same inputs are read back without tokenizing again, and a changed
+    file or setting is tokenized anew.
 
     Columns: ``source`` (file#index), ``input_ids``, ``labels``, ``length``, ``trained`` (the
     number of trained tokens), ``cut`` and ``target_cut`` (tokens removed to fit
     ``max_length``).
     """
-    from datasets import Dataset
+    from datasets import Dataset, concatenate_datasets
 
     files = data_files(data_path)
+    limit, ratio = max_num_sample_per_data, max_num_sample_ratio
+    picked = (limit, ratio, seed) if limit or ratio else None  # the seed matters only then
+    raw_key = _digest("records", _code_version(), file_signature(files), picked)
     raw = Dataset.from_generator(
         _raw_rows,
-        gen_kwargs={
-            "files": [str(f) for f in files],
-            "signature": file_signature(files),
-            "limit": max_num_sample_per_data,
-            "ratio": max_num_sample_ratio,
-            "seed": seed,
-        },
+        features=_features((), (), ("source", "record")),
+        gen_kwargs={"files": [str(f) for f in files], "limit": limit, "ratio": ratio, "seed": seed},
         cache_dir=cache_dir,
+        fingerprint=raw_key,
+        writer_batch_size=TOKENIZE_BATCH,
     )
-    return raw.map(
-        _tokenize_rows,
-        batched=True,
-        batch_size=64,
-        num_proc=num_proc if num_proc and num_proc > 1 and len(raw) > 256 else None,
-        fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
-        remove_columns=["record"],
-        desc="tokenizing",
-    )
-
-
-def _packed_rows(dataset: Any, bins: list[list[int]]):
-    from GLPFT.collate import pack_features
-
-    for members in bins:
-        rows = [dataset[i] for i in sorted(members)]
-        packed = pack_features(rows)
-        packed["length"] = len(packed["input_ids"])
-        packed["trained"] = sum(r["trained"] for r in rows) - sum(
-            1 for r in rows if r["labels"][0] != IGNORE_INDEX
+    key = _digest("tokenized", raw_key, tokenizer_signature(tokenizer), max_length)
+    parts = []
+    for start in range(0, len(raw), chunk_size):
+        chunk = raw.select(range(start, min(start + chunk_size, len(raw))))  # a slice, no copy
+        processes = min(num_proc or 1, len(chunk) // ROWS_PER_PROCESS)
+        parts.append(
+            chunk.map(
+                _tokenize_rows,
+                batched=True,
+                batch_size=TOKENIZE_BATCH,
+                writer_batch_size=TOKENIZE_BATCH,
+                num_proc=processes if processes > 1 else None,
+                fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
+                remove_columns=["record"],
+                features=_features(
+                    ("input_ids", "labels"),
+                    ("length", "trained", "cut", "target_cut"),
+                    ("source",),
+                ),
+                new_fingerprint=_digest(key, start, len(chunk)),
+                desc="tokenizing",
+            )
         )
-        yield packed
+    if not parts:
+        raise SampleError(f"{data_path}: no training sample (empty files, or none kept)")
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+def int_column(dataset: Any, name: str) -> Any:
+    """An integer column as a NumPy array, read through Arrow: no Python object per row."""
+    import numpy as np
+
+    return np.asarray(dataset.with_format("arrow")[name], dtype=np.int64)
+
+
+def _pack_rows(batch: dict, samples: Any) -> Any:
+    """Packed rows for a batch of bins, built on the Arrow buffers of their members.
+
+    Row by row it is :func:`GLPFT.collate.pack_features` (members concatenated in index
+    order, each member's first label dropped), plus the row's ``length`` and ``trained``.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    bins = batch["members"]
+    sizes = np.array([len(members) for members in bins])
+    rows = samples[[i for members in bins for i in members]]  # Arrow, the bins one after another
+    lengths = pc.list_value_length(rows["input_ids"]).to_numpy()
+    starts = np.cumsum(lengths) - lengths  # each member's first token in the flat buffers
+    labels = pc.list_flatten(rows["labels"]).to_numpy().copy()
+    first_trained = labels[starts] != IGNORE_INDEX
+    labels[starts] = IGNORE_INDEX  # as pack_features does
+    first_members = np.cumsum(sizes) - sizes
+    row_lengths = np.add.reduceat(lengths, first_members)
+    token_offsets = np.append(0, np.cumsum(row_lengths)).astype(np.int32)
+    member_offsets = np.append(0, np.cumsum(sizes)).astype(np.int32)
+    trained = np.add.reduceat(rows["trained"].to_numpy() - first_trained, first_members)
+    return pa.table(
+        {
+            "input_ids": pa.ListArray.from_arrays(
+                token_offsets, pc.list_flatten(rows["input_ids"]).combine_chunks()
+            ),
+            "labels": pa.ListArray.from_arrays(token_offsets, pa.array(labels, pa.int32())),
+            "seq_lengths": pa.ListArray.from_arrays(member_offsets, pa.array(lengths, pa.int32())),
+            "length": pa.array(row_lengths, pa.int32()),
+            "trained": pa.array(trained, pa.int32()),
+        }
+    )
 
 
 def pack_dataset(dataset: Any, max_length: int) -> Any:
-    """Best-fit packing of a tokenized dataset into rows of at most ``max_length`` tokens."""
+    """Best-fit packing of a tokenized dataset into rows of at most ``max_length`` tokens.
+
+    The bins come from the ``length`` column alone; the rows are then built by a batched
+    ``map`` over the bins, a batch's members fetched from the tokenized Arrow file together,
+    and written next to it (cached, as the tokenized dataset is).
+    """
     from datasets import Dataset
 
     from GLPFT.collate import best_fit_bins
 
-    bins = best_fit_bins(dataset["length"], max_length)
-    columns = dataset.select_columns(["input_ids", "labels", "trained"])
-    return Dataset.from_generator(_packed_rows, gen_kwargs={"dataset": columns, "bins": bins})
+    bins = best_fit_bins(int_column(dataset, "length").tolist(), max_length)
+    members = Dataset.from_dict(
+        {"members": [sorted(b) for b in bins]}, features=_features(("members",), ())
+    )
+    # the dataset's fingerprint names its content (build_dataset keys it as said there)
+    key = _digest("packed", dataset._fingerprint, max_length, _code_version())
+    cache_file = None
+    if dataset.cache_files:  # else an in-memory dataset: packed in memory too
+        folder = os.path.dirname(dataset.cache_files[0]["filename"])
+        cache_file = os.path.join(folder, f"packed-{key}.arrow")
+    samples = dataset.select_columns(["input_ids", "labels", "trained"]).with_format("arrow")
+    return members.map(
+        _pack_rows,
+        batched=True,
+        batch_size=PACK_BATCH,
+        writer_batch_size=PACK_BATCH,
+        fn_kwargs={"samples": samples},
+        remove_columns=["members"],
+        features=_features(("input_ids", "labels", "seq_lengths"), ("length", "trained")),
+        cache_file_name=cache_file,
+        new_fingerprint=key,
+        desc="packing",
+    )
 
 
 @dataclass
@@ -442,12 +596,17 @@ class DataStats:
 
     @classmethod
     def of(cls, dataset: Any) -> DataStats:
-        cut = dataset["cut"] if "cut" in dataset.column_names else []
-        target_cut = dataset["target_cut"] if "target_cut" in dataset.column_names else []
+        """From the integer columns alone: no token list is read."""
+
+        def nonzero(name: str) -> int:
+            if name not in dataset.column_names:
+                return 0
+            return int((int_column(dataset, name) != 0).sum())
+
         return cls(
             samples=len(dataset),
-            tokens=sum(dataset["length"]),
-            trained_tokens=sum(dataset["trained"]),
-            cut_samples=sum(1 for c in cut if c),
-            target_cut_samples=sum(1 for c in target_cut if c),
+            tokens=int(int_column(dataset, "length").sum()),
+            trained_tokens=int(int_column(dataset, "trained").sum()),
+            cut_samples=nonzero("cut"),
+            target_cut_samples=nonzero("target_cut"),
         )

@@ -252,6 +252,7 @@ def train(
             max_num_sample_per_data=data_args.max_num_sample_per_data,
             max_num_sample_ratio=data_args.max_num_sample_ratio,
             num_proc=data_args.preprocessing_num_workers or min(cpu_count(), 8),
+            cache_dir=args.cache_dir,
         )
         stats = DataStats.of(dataset)
         if data_args.packing:

@@ -201,3 +201,160 @@ def test_row_by_row_training_step_has_the_padded_batch_gradient(tokenizer, tmp_p
     assert torch.allclose(losses[0], losses[1], rtol=1e-5)
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
     assert grads[0].abs().sum() > 0
+
+
+# --------------------------------------------------------------------------------------------
+# Training data at scale: streamed, tokenized in processes, cached, packed by batched maps
+# --------------------------------------------------------------------------------------------
+
+SUMMARIZER = ALPHA_UMI / "train-example" / "train_summarizer.json"
+PLANNER = ALPHA_UMI / "train-example" / "train_planner.json"
+
+
+def _replicated(path, records: list[dict], count: int):
+    """A JSON array file of ``count`` records, cycling over ``records``."""
+    import json
+
+    path.write_text(json.dumps([records[k % len(records)] for k in range(count)]))
+    return path
+
+
+def _cache_files(folder) -> set[str]:
+    return {str(p) for p in folder.rglob("*.arrow")}
+
+
+@pytest.mark.parametrize(("limit", "ratio", "seed"), [(10, 0.0, 42), (0, 0.3, 7), (500, 0.0, 1)])
+def test_subsampling_keeps_the_records_whole_file_reading_kept(
+    tokenizer, tmp_path, limit: int, ratio: float, seed: int, shared
+) -> None:
+    """The seeded subset of each file is the one the records, loaded whole and shuffled,
+    gave before; only a count is needed to choose it."""
+    import random
+
+    from GLPFT.data import build_dataset
+
+    expected = []
+    for path in (PLANNER, SUMMARIZER):
+        records = read_json(path)
+        order = list(range(len(records)))  # the selection as it was made on loaded records
+        random.Random(seed).shuffle(order)
+        expected += [
+            (path, i, records[i]) for i in sorted(order[: limit or int(len(records) * ratio)])
+        ]
+    dataset = build_dataset(
+        f"{PLANNER},{SUMMARIZER}",
+        tokenizer,
+        4096,
+        seed=seed,
+        max_num_sample_per_data=limit,
+        max_num_sample_ratio=ratio,
+        cache_dir=str(tmp_path),
+    )
+    assert list(dataset["source"]) == [f"{path}#{i}" for path, i, _ in expected]
+    for row, (_, _, record) in zip(dataset, expected, strict=True):
+        assert row["input_ids"] == tokenize_record(record, tokenizer, 4096, "r").input_ids
+
+
+def test_records_are_streamed_not_loaded(tmp_path, shared) -> None:
+    """Reading a file holds one record at a time, with or without subsampling."""
+    import tracemalloc
+
+    from GLPFT.data import _raw_rows
+
+    path = _replicated(tmp_path / "big.json", read_json(PLANNER), 800)
+    size = path.stat().st_size
+    next(_raw_rows([str(path)], 0, 0.0, 3))  # imports the JSON reader
+    for limit, ratio, expected in ((0, 0.0, 800), (0, 0.5, 400), (100, 0.0, 100)):
+        tracemalloc.start()
+        count = sum(1 for _ in _raw_rows([str(path)], limit, ratio, 3))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert count == expected
+        assert peak < size / 5, f"{peak:,} bytes traced while reading a {size:,}-byte file"
+
+
+def test_tokenized_data_is_cached_by_content_and_settings(tokenizer, tmp_path, shared) -> None:
+    """A second build reads the cache (no new file is written); a touched data file, another
+    max_length or another subsample is tokenized again."""
+    import os
+    import shutil
+
+    from GLPFT.data import build_dataset
+
+    data = shutil.copy(SUMMARIZER, tmp_path / "train_summarizer.json")
+    cache = tmp_path / "cache"
+    first = build_dataset(str(data), tokenizer, 1024, cache_dir=str(cache))
+    files = _cache_files(cache)
+    again = build_dataset(str(data), tokenizer, 1024, cache_dir=str(cache))
+    assert _cache_files(cache) == files
+    assert again.cache_files == first.cache_files and again.to_list() == first.to_list()
+
+    stat = os.stat(data)
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched
+    touched = build_dataset(str(data), tokenizer, 1024, cache_dir=str(cache))
+    assert _cache_files(cache) > files and touched.to_list() == first.to_list()
+    for changed in ({"max_length": 512}, {"max_num_sample_per_data": 3}):
+        before = _cache_files(cache)
+        build_dataset(str(data), tokenizer, **{"max_length": 1024, **changed}, cache_dir=str(cache))
+        assert _cache_files(cache) > before, changed
+
+
+def test_tokenizing_in_processes_gives_the_same_rows(tokenizer, tmp_path, shared) -> None:
+    from GLPFT.data import ROWS_PER_PROCESS, build_dataset
+
+    data = _replicated(tmp_path / "train.json", read_json(SUMMARIZER), 2 * ROWS_PER_PROCESS + 8)
+    one = build_dataset(str(data), tokenizer, 1024, num_proc=1, cache_dir=str(tmp_path / "one"))
+    two = build_dataset(str(data), tokenizer, 1024, num_proc=2, cache_dir=str(tmp_path / "two"))
+    shards = [f["filename"] for f in two.cache_files]  # a shard per process
+    assert len(shards) == 2 and all(name.endswith("_of_00002.arrow") for name in shards)
+    assert one.to_list() == two.to_list()
+
+
+def test_tokenizing_in_chunks_gives_the_same_rows(tokenizer, tmp_path, shared) -> None:
+    """Each chunk of records has a pool of its own; together they are the whole, cached."""
+    from GLPFT.data import build_dataset
+
+    data = f"{PLANNER},{SUMMARIZER}"
+    whole = build_dataset(data, tokenizer, 1024, cache_dir=str(tmp_path / "whole"))
+    chunked = build_dataset(data, tokenizer, 1024, cache_dir=str(tmp_path / "c"), chunk_size=40)
+    assert len(whole.cache_files) == 1 and len(chunked.cache_files) == 3  # 40 + 40 + 13
+    assert chunked.to_list() == whole.to_list()
+    files = _cache_files(tmp_path / "c")
+    again = build_dataset(data, tokenizer, 1024, cache_dir=str(tmp_path / "c"), chunk_size=40)
+    assert _cache_files(tmp_path / "c") == files and again.to_list() == whole.to_list()
+
+
+def test_packing_by_batched_maps_gives_the_reference_rows(tokenizer, tmp_path, shared) -> None:
+    """``pack_dataset`` builds, batch by batch on Arrow buffers, the rows that
+    ``best_fit_bins`` and ``pack_features`` give sample by sample; its counts and
+    ``DataStats`` agree with the token lists."""
+    import json
+
+    from GLPFT.data import DataStats, build_dataset, pack_dataset
+
+    long_target = tmp_path / "long_target.json"  # its target alone overflows: label 0 trained
+    long_target.write_text(json.dumps([{"input": "Summarize.", "target": "word " * 1500}]))
+    samples = build_dataset(
+        f"{PLANNER},{SUMMARIZER},{long_target}", tokenizer, 1024, cache_dir=str(tmp_path / "c")
+    )
+    rows = samples.to_list()
+    assert any(r["labels"][0] != IGNORE_INDEX for r in rows)
+    reference = []
+    for members in best_fit_bins([r["length"] for r in rows], 1024):
+        chosen = [rows[i] for i in sorted(members)]
+        packed = pack_features(chosen)
+        packed["length"] = len(packed["input_ids"])
+        packed["trained"] = sum(x != IGNORE_INDEX for x in packed["labels"])
+        reference.append(packed)
+    packed = pack_dataset(samples, 1024)
+    assert 1 < len(packed) < len(samples)
+    assert packed.to_list() == reference
+    files = _cache_files(tmp_path / "c")
+    assert pack_dataset(samples, 1024).to_list() == reference  # read back from its cache
+    assert _cache_files(tmp_path / "c") == files
+
+    stats = DataStats.of(samples)
+    assert (stats.samples, stats.tokens) == (len(rows), sum(len(r["input_ids"]) for r in rows))
+    assert stats.trained_tokens == sum(x != IGNORE_INDEX for r in rows for x in r["labels"])
+    assert stats.cut_samples == sum(r["cut"] > 0 for r in rows) > 0
+    assert stats.target_cut_samples == 1
