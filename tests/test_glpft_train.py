@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from conftest import ALPHA_UMI, REPO, read_json, tiny_train_flags
 
@@ -16,6 +15,7 @@ from GLPFT.train import parse_args
 
 PLANNER = ALPHA_UMI / "train-example" / "train_planner.json"
 CALLER = ALPHA_UMI / "train-example" / "train_caller.json"
+SUMMARIZER = ALPHA_UMI / "train-example" / "train_summarizer.json"
 
 #: α-UMi's stage-2 command line (its scripts/train_toolbench.sh), minus torchrun and DeepSpeed
 ALPHA_UMI_FLAGS = [
@@ -132,14 +132,60 @@ def test_lora_adapter_and_merged_checkpoint(tmp_path: Path, shared) -> None:
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("flag", ["--packing"])
-def test_packing_trains_on_the_same_tokens(tmp_path: Path, flag: str, shared) -> None:
-    summarizer = ALPHA_UMI / "train-example" / "train_summarizer.json"
-    args = ("--max_steps", "3", "--model_max_length", "4096")
-    packed = run_train(tmp_path / "packed", *args, flag, "True", data=summarizer)
-    plain = run_train(tmp_path / "plain", *args, data=summarizer)
-    assert packed["rows"] < plain["rows"] == plain["samples"] == packed["samples"]
-    assert packed["trained_tokens"] == plain["trained_tokens"]
+def test_packing_trains_on_the_same_tokens(tmp_path: Path, shared) -> None:
+    """The packed rows train exactly the samples' tokens, less the first label of each sample
+    (``pack_features`` drops it: it would be predicted from the previous sample's last token),
+    with positions restarting at 0 at every sample; ``--packing`` trains on these rows."""
+    from collections import Counter
+
+    from transformers import AutoTokenizer
+
+    from GLPFT.collate import PackedCollator
+    from GLPFT.data import IGNORE_INDEX, build_dataset, pack_dataset
+    from GLPFT.models import TINY_LLAMA, resolve_model
+
+    long_target = tmp_path / "long_target.json"  # its target alone overflows: label 0 trained
+    long_target.write_text(json.dumps([{"input": "Summarize.", "target": "word " * 1100}]))
+    data, cache = f"{SUMMARIZER},{long_target}", tmp_path / "cache"
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(TINY_LLAMA))
+    dataset = build_dataset(data, tokenizer, 1024, cache_dir=str(cache))
+    samples, packed = dataset.to_list(), pack_dataset(dataset, 1024).to_list()
+    assert len(packed) < len(samples)
+
+    def trained_tokens(rows: list[dict]) -> Counter:
+        return Counter(x for row in rows for x in row["labels"] if x != IGNORE_INDEX)
+
+    dropped = Counter(s["labels"][0] for s in samples if s["labels"][0] != IGNORE_INDEX)
+    assert dropped  # the long target's first token
+    assert trained_tokens(packed) == trained_tokens(samples) - dropped
+
+    # sample by sample: its tokens, its labels but the first, its positions from 0
+    unpacked = {tuple(s["input_ids"]): s["labels"] for s in samples}
+    assert len(unpacked) == len(samples)
+    seen = []
+    batch = PackedCollator(tokenizer.pad_token_id)(packed)
+    assert "attention_mask" not in batch
+    for r, row in enumerate(packed):
+        start, width = 0, batch["input_ids"].shape[1]
+        for n in row["seq_lengths"]:
+            ids = tuple(row["input_ids"][start : start + n])
+            assert row["labels"][start : start + n] == [IGNORE_INDEX, *unpacked[ids][1:]]
+            assert batch["position_ids"][r, start : start + n].tolist() == list(range(n))
+            seen.append(ids)
+            start += n
+        assert start == len(row["input_ids"]) <= 1024
+        assert batch["position_ids"][r, start:].tolist() == list(range(width - start))
+        assert batch["labels"][r, :start].tolist() == row["labels"]
+        assert (batch["labels"][r, start:] == IGNORE_INDEX).all()
+    assert sorted(seen) == sorted(unpacked)
+
+    summary = run_train(
+        tmp_path / "run",
+        *("--max_steps", "1", "--model_max_length", "1024", "--packing", "True"),
+        *("--cache_dir", str(cache)),
+        data=data,
+    )
+    assert (summary["samples"], summary["rows"]) == (len(samples), len(packed))
 
 
 def test_train_glpft_script_runs_both_stages(tmp_path: Path) -> None:
