@@ -415,9 +415,14 @@ def _digest(*parts: Any) -> str:
 
 
 def _code_version() -> str:
-    """This module's source and the prompt prefix: a change to how samples are read or
-    tokenized is a new cache."""
-    return _digest(Path(__file__).read_text(encoding="utf-8"), MODEL_INPUT_PREFIX)
+    """The sources of this module and of the ones whose text it trains (the protocol's
+    markers and prefix, the chat format's tool-turn text): a change to how samples are read,
+    written or tokenized is a new cache."""
+    from process_data import protocol
+    from process_data.toolbench import formats
+
+    sources = [Path(m.__file__).read_text(encoding="utf-8") for m in (protocol, formats)]
+    return _digest(Path(__file__).read_text(encoding="utf-8"), *sources)
 
 
 def tokenizer_signature(tokenizer: Any) -> str:

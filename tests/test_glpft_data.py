@@ -10,7 +10,7 @@ from GLPFT.collate import PackedCollator, PadCollator, best_fit_bins, pack_featu
 from GLPFT.data import IGNORE_INDEX, SampleError, fit, tokenize_record
 from GLPFT.models import TINY_LLAMA, resolve_model
 from GLPFT.trainer import sparse_lm_loss
-from process_data.protocol import MODEL_INPUT_PREFIX
+from process_data.protocol import MODEL_INPUT_PREFIX, format_plan
 
 
 @pytest.fixture(scope="module")
@@ -79,15 +79,15 @@ def test_chat_labels_cover_the_trained_turn_only(tokenizer) -> None:
     messages = [
         {"role": "system", "content": "You are the planner."},
         {"role": "user", "content": "Weather in Lyon?"},
-        {"role": "assistant", "content": "Look it up.\n Next: caller."},
+        {"role": "assistant", "content": format_plan("Look it up.", "caller")},
         {"role": "tool", "content": '{"temp": 21}'},
-        {"role": "assistant", "content": "It is 21 C.\n Next: conclusion."},
+        {"role": "assistant", "content": format_plan("It is 21 C.", "conclusion")},
     ]
     t = tokenize_record({"messages": messages, "train_turns": [4]}, tokenizer, 4096, "c#0")
     trained_text = tokenizer.decode(
         [i for i, x in zip(t.input_ids, t.labels, strict=True) if x != -100]
     )
-    assert trained_text.startswith("It is 21 C.\n Next: conclusion.")
+    assert trained_text.startswith(format_plan("It is 21 C.", "conclusion"))
     assert tokenizer.eos_token in trained_text  # the end-of-turn token is learned
     assert "Look it up" not in trained_text and "assistant" not in trained_text
     both = tokenize_record({"messages": messages}, tokenizer, 4096, "c#1")  # all assistant turns
