@@ -1,10 +1,17 @@
-"""Batches without wasted compute: dynamic padding, or best-fit packing.
+"""Batches without wasted compute: dynamic padding, padding-free rows, or best-fit packing.
 
 Padding goes to the longest sample of the batch, never to ``model_max_length``. Packing puts
 several samples in one row with ``position_ids`` restarting at 0 for each; transformers then
 keeps packed samples from attending to each other, but only when no attention mask is passed
-(and the KV cache is off), so the packed collator passes none. Padding at the end of a packed
+(and the KV cache is off), so the packed collators pass none. Padding at the end of a packed
 row is harmless without a mask: no real token comes after it.
+
+Padding-free batches (:class:`FlatCollator`) are packing done per batch: the batch's samples
+are flattened into one row, so nothing is padded and nothing is planned ahead. With SDPA or
+eager attention, transformers finds the samples from the restarting position ids and builds a
+block-diagonal causal mask over the whole row (its memory and compute grow with the square of
+the row's length); flash attention instead runs its variable-length kernel on each sample
+alone, given the samples' boundaries (:func:`varlen_kwargs`).
 """
 
 from __future__ import annotations
@@ -58,6 +65,26 @@ class PadCollator:
         }
 
 
+def varlen_kwargs(position_ids: torch.Tensor) -> dict[str, Any]:
+    """The samples' boundaries in a batch whose position ids restart at 0 per sample, for
+    flash attention's variable-length kernel (``cu_seq_lens_*``, ``max_length_*``).
+
+    Counted over the flattened batch, as the kernel sees it. Without them, transformers finds
+    the boundaries from the position ids in every layer (a device sync each time), and only in
+    one-row batches; SDPA and eager attention ignore them.
+    """
+    flat = position_ids.reshape(-1)
+    starts = (flat == 0).nonzero().view(-1)
+    bounds = torch.cat([starts, torch.tensor([flat.numel()])]).to(torch.int32)
+    longest = int(bounds.diff().max())
+    return {
+        "cu_seq_lens_q": bounds,
+        "cu_seq_lens_k": bounds,
+        "max_length_q": longest,
+        "max_length_k": longest,
+    }
+
+
 @dataclass
 class PackedCollator:
     """Batches packed rows: ``position_ids`` restart per sample, and there is no mask."""
@@ -65,7 +92,7 @@ class PackedCollator:
     pad_token_id: int
     pad_to_multiple_of: int | None = None
 
-    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         width = _round_up(max(len(f["input_ids"]) for f in features), self.pad_to_multiple_of)
         ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
@@ -78,7 +105,34 @@ class PackedCollator:
             for length in [*f["seq_lengths"], width - n]:  # the padding is a run of its own
                 positions[row, start : start + length] = torch.arange(length)
                 start += length
-        return {"input_ids": ids, "labels": labels, "position_ids": positions}
+        return {
+            "input_ids": ids,
+            "labels": labels,
+            "position_ids": positions,
+            **varlen_kwargs(positions),
+        }
+
+
+@dataclass
+class FlatCollator:
+    """Padding-free batches: the batch's samples flattened into one row, ``position_ids``
+    restarting per sample, no attention mask.
+
+    Each sample's first label is dropped, as in packed rows: in the flat row it would be
+    predicted from the previous sample's last token. Nothing trainable is lost. A first label
+    is trained only when the target alone fills ``model_max_length`` (a prompt precedes every
+    other target: α-UMi's ``"system: "`` prefix, or the chat template's first turn); such a
+    sample is ``model_max_length`` tokens long, the widest of any padded batch, so its first
+    token sits in column 0, which no position predicts. The padded batch never trains it
+    either, so both give the same loss and the same trained-token count.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        row = pack_features(features)
+        return PackedCollator(self.pad_token_id, self.pad_to_multiple_of)([row])
 
 
 def best_fit_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:

@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch
 import transformers
 from transformers import HfArgumentParser, TrainerCallback
 
-from GLPFT.collate import PackedCollator, PadCollator
+from GLPFT.collate import FlatCollator, PackedCollator, PadCollator
 from GLPFT.data import DataStats, build_dataset, cpu_count, pack_dataset
 from GLPFT.models import resolve_model
 from GLPFT.trainer import GLPFTTrainer, RowByRowTrainer
@@ -86,10 +86,35 @@ class TrainingArguments(transformers.TrainingArguments):
         },
     )
 
+    padding_free: str = field(
+        default="auto",
+        metadata={
+            "help": "flatten each batch into one row (position ids restarting per sample, no "
+            "padding, no attention mask); auto: on CUDA with a flash attention kernel, unless "
+            "--packing or --row_by_row true",
+            "choices": ["auto", "true", "false"],
+        },
+    )
+    sparse_lm_head: bool = field(
+        default=True,
+        metadata={"help": "run the LM head and the loss only where a token is trained"},
+    )
+    train_sampling_strategy: str | None = field(
+        default=None,
+        metadata={
+            "help": "random, sequential, group_by_length or batch_rebalance; "
+            "default: group_by_length (batches of similar lengths need less padding)",
+            "choices": ["random", "sequential", "group_by_length", "batch_rebalance"],
+        },
+    )
+
+    def on_cuda(self) -> bool:
+        return not self.use_cpu and torch.cuda.is_available()
+
     def use_row_by_row(self) -> bool:
         if self.row_by_row != "auto":
             return self.row_by_row == "true"
-        return (self.use_cpu or not torch.cuda.is_available()) and not (self.deepspeed or self.fsdp)
+        return not self.on_cuda() and not (self.deepspeed or self.fsdp)
 
 
 #: α-UMi flags renamed since transformers 4.28, and their current names
@@ -129,6 +154,8 @@ def parse_args(
         parser.error("--data_path is required")
     if train_args.source_model_max_length:
         parser.error("--source_model_max_length (RoPE condensing) is not supported; use 0")
+    if data_args.packing and train_args.padding_free == "true":
+        parser.error("--packing and --padding_free true both flatten samples: choose one")
     return model_args, data_args, train_args
 
 
@@ -142,8 +169,82 @@ def _distributed_defaults(args: TrainingArguments) -> None:
 
         _ = args.device  # initialises torch.distributed
         deepspeed.init_distributed(dist_backend="gloo")
-    if not args.train_sampling_strategy or args.train_sampling_strategy == "random":
+    if args.train_sampling_strategy is None:  # not given on the command line or in --config
         args.train_sampling_strategy = "group_by_length"
+
+
+#: flash attention 2 (the ``flash-attn`` package): variable-length attention for flat rows
+FLASH_ATTENTION = "flash_attention_2"
+
+
+def choose_batching(
+    model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments
+) -> tuple[str, str | None]:
+    """How batches are made (packed, padding-free, row-by-row or padded), and the attention
+    implementation to ask for (None: the model's default, SDPA).
+
+    Padding-free rows pay off only with a variable-length kernel: SDPA and eager attention run
+    on the whole flat row with a block-diagonal mask, which costs the square of the row's
+    length (several samples) where a padded batch of similar lengths costs about the sum of
+    each sample's square. So ``auto`` flattens on CUDA when flash attention is asked for, or
+    is installed and the weights are half precision (the kernel needs fp16/bf16).
+    """
+    attn = model_args.attn_implementation
+    if data_args.packing:
+        return "packed", attn
+    if args.padding_free == "auto":
+        from transformers.utils import is_flash_attn_2_available
+
+        if args.on_cuda() and args.row_by_row != "true":
+            if attn is None and (args.bf16 or args.fp16) and is_flash_attn_2_available():
+                attn = FLASH_ATTENTION
+            if attn is not None and "flash" in attn:
+                return "padding-free", attn
+    elif args.padding_free == "true":
+        return "padding-free", attn
+    return ("row-by-row" if args.use_row_by_row() else "padded"), attn
+
+
+def save_merged(
+    base_path: str, adapter_dir: Path, dest: Path, tokenizer: Any, args: TrainingArguments
+) -> None:
+    """Write base + the saved adapter, merged, to ``dest``; call it on one process.
+
+    Merging from the files (after ``save_model``) rather than from the trained model works the
+    same under ZeRO-3, where every rank holds only a shard of each weight (peft's merge sees
+    empty tensors) and a gather would need every rank. The merge runs in fp32, so that the
+    small LoRA update is not rounded away before it is added; the result keeps the base's
+    stored dtype.
+    """
+    from transformers.integrations.deepspeed import (
+        is_deepspeed_zero3_enabled,
+        set_hf_deepspeed_config,
+        unset_hf_deepspeed_config,
+    )
+
+    # Under ZeRO-3 (still set up for this process), from_pretrained would partition the
+    # weights across the ranks: a collective call that the other ranks are not part of.
+    hf_deepspeed_config = args.hf_deepspeed_config if is_deepspeed_zero3_enabled() else None
+    if hf_deepspeed_config is not None:
+        unset_hf_deepspeed_config()
+    try:
+        _merge(base_path, adapter_dir, dest, tokenizer)
+    finally:
+        if hf_deepspeed_config is not None:
+            set_hf_deepspeed_config(hf_deepspeed_config)
+
+
+def _merge(base_path: str, adapter_dir: Path, dest: Path, tokenizer: Any) -> None:
+    from peft import PeftModel
+
+    config = transformers.AutoConfig.from_pretrained(base_path)
+    base = transformers.AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    stored = getattr(config, "dtype", None)
+    if isinstance(stored, torch.dtype) and stored.is_floating_point:
+        merged = merged.to(stored)
+    merged.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
 
 
 def loss_history(log_history: list[dict]) -> dict[str, list]:
@@ -221,7 +322,7 @@ def load_model(path: str, model_args: ModelArguments, args: TrainingArguments) -
                 task_type="CAUSAL_LM",
             ),
         )
-    if args.gradient_checkpointing:
+    if args.activation_checkpointing:
         model.enable_input_require_grads()
     return model
 
@@ -257,18 +358,22 @@ def train(
         stats = DataStats.of(dataset)
         if data_args.packing:
             dataset = pack_dataset(dataset, args.model_max_length)
-    collator = (PackedCollator if data_args.packing else PadCollator)(tokenizer.pad_token_id)
+    batching, attn = choose_batching(model_args, data_args, args)
+    collator = {"packed": PackedCollator, "padding-free": FlatCollator}.get(batching, PadCollator)(
+        tokenizer.pad_token_id
+    )
 
-    model = load_model(model_path, model_args, args)
-    row_by_row = args.use_row_by_row() and not data_args.packing
-    trainer = (RowByRowTrainer if row_by_row else GLPFTTrainer)(
+    model = load_model(model_path, replace(model_args, attn_implementation=attn), args)
+    trainer = (RowByRowTrainer if batching == "row-by-row" else GLPFTTrainer)(
         model=model,
         args=args,
         train_dataset=dataset,
         data_collator=collator,
         processing_class=tokenizer,
         callbacks=list(callbacks),
+        sparse_lm_head=args.sparse_lm_head,
     )
+    attn = getattr(model.config, "_attn_implementation", None) or attn
     batch = args.per_device_train_batch_size
     world = args.world_size
     per_step = batch * world * args.gradient_accumulation_steps
@@ -278,18 +383,28 @@ def train(
         else math.ceil(math.ceil(len(dataset) / (batch * world)) / args.gradient_accumulation_steps)
         * math.ceil(args.num_train_epochs)
     )
-    padding = _padding_estimate(dataset["length"], batch, not data_args.packing)
-    packed = f"packed into {len(dataset):,} rows, " if data_args.packing else ""
-    if row_by_row:
-        packed, padding = "rows trained one by one, unpadded, ", 0.0
+    padding = _padding_estimate(
+        dataset["length"], batch, args.train_sampling_strategy == "group_by_length"
+    )
+    how = {
+        "packed": f"packed into {len(dataset):,} rows",
+        "padding-free": f"each batch flattened into one row ({attn} attention)",
+        "row-by-row": "rows trained one by one, unpadded",
+        "padded": f"padded batches ({attn} attention)",
+    }[batching]
+    if batching in ("padding-free", "row-by-row"):
+        padding = 0.0
+    if not args.sparse_lm_head:
+        how += ", LM head on every position"
     _log(
         args,
         (
             f"GLPFT: {stats.samples:,} samples from {data_args.data_path}, "
             f"{stats.tokens:,} tokens, {stats.trained_tokens / max(stats.tokens, 1):.1%} of them "
-            f"trained; {packed}padding ≈ {padding:.1%}; {stats.cut_samples:,} prompts cut to "
+            f"trained; {how}, padding ≈ {padding:.1%}; {stats.cut_samples:,} prompts cut to "
             f"{args.model_max_length} tokens ({stats.target_cut_samples:,} targets); "
-            f"{steps:,} steps of {per_step} rows on {world} process(es)"
+            f"{steps:,} steps of {per_step} {'rows' if batching == 'packed' else 'samples'} on "
+            f"{world} process(es)"
         ),
     )
     resume = args.resume_from_checkpoint
@@ -310,6 +425,9 @@ def train(
         "prompts_cut": stats.cut_samples,
         "targets_cut": stats.target_cut_samples,
         "packing": data_args.packing,
+        "batching": batching,
+        "attn_implementation": attn,
+        "sparse_lm_head": args.sparse_lm_head,
         "rows": len(dataset),
         "steps": trainer.state.global_step,
         "world_size": world,
@@ -319,12 +437,12 @@ def train(
         "resumed_from": resume,
         "seconds": round(time.perf_counter() - start, 1),
     }
+    out = Path(args.output_dir)
+    if model_args.lora_r and model_args.merge_lora:
+        trainer.accelerator.wait_for_everyone()  # every rank's part of the adapter is saved
+        if trainer.is_world_process_zero():
+            save_merged(model_path, out, out / "merged", tokenizer, args)
     if trainer.is_world_process_zero():
-        out = Path(args.output_dir)
-        if model_args.lora_r and model_args.merge_lora:
-            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-            merged.save_pretrained(out / "merged")
-            tokenizer.save_pretrained(out / "merged")
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if summary["loss_history"]["steps"]:
             plot_losses(

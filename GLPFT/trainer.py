@@ -11,6 +11,9 @@ padding mask makes SDPA compute the masked upper triangle as well, and keep the 
 matrix for the backward pass), and only one row's activations are alive at a time. The
 gradients are those of the whole batch: each row's loss is normalised by the batch's trained
 token count, and DDP synchronises only after the last row.
+
+``sparse_lm_head=False`` computes every position's logits instead (the plain causal-LM loss,
+normalised the same way), so that the sparse head can be measured against it.
 """
 
 from __future__ import annotations
@@ -30,34 +33,52 @@ def trained_positions(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
 
 
-def sparse_lm_loss(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, Any]:
+def sparse_lm_loss(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, int, Any]:
     """Summed cross-entropy over trained tokens, their count, and the model outputs."""
     inputs = dict(inputs)
     labels = inputs.pop("labels")
     keep = trained_positions(labels)
     outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
-    targets = labels[:, 1:][:, keep]
-    logits = outputs.logits
-    loss = F.cross_entropy(
+    return _summed_loss(outputs.logits, labels[:, 1:][:, keep]), _count(labels), outputs
+
+
+def full_lm_loss(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, int, Any]:
+    """:func:`sparse_lm_loss` with the LM head on every position."""
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    outputs = model(**inputs, use_cache=False)
+    return _summed_loss(outputs.logits[:, :-1], labels[:, 1:]), _count(labels), outputs
+
+
+def _summed_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]),
         targets.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
-    return loss, int((targets != IGNORE_INDEX).sum()), outputs
+
+
+def _count(labels: torch.Tensor) -> int:
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 class GLPFTTrainer(Trainer):
-    """:class:`transformers.Trainer` whose loss only looks at trained positions."""
+    """:class:`transformers.Trainer` whose loss only looks at trained positions (with
+    ``sparse_lm_head``, the default) and is normalised by the trained-token count."""
+
+    def __init__(self, *args: Any, sparse_lm_head: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lm_loss = sparse_lm_loss if sparse_lm_head else full_lm_loss
 
     def compute_loss(
         self,
         model: Any,
-        inputs: dict[str, torch.Tensor],
+        inputs: dict[str, Any],
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> Any:
-        loss, count, outputs = sparse_lm_loss(model, inputs)
+        loss, count, outputs = self.lm_loss(model, inputs)
         if num_items_in_batch is None:
             loss = loss / max(count, 1)
         else:

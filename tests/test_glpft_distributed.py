@@ -1,4 +1,5 @@
-"""torchrun on CPU: DDP (gloo) and DeepSpeed ZeRO-3 with 2 processes, and the DeepSpeed presets."""
+"""torchrun on CPU: DDP (gloo) and DeepSpeed ZeRO-3 with 2 processes (full weights, and a LoRA
+adapter merged into the base), and the DeepSpeed presets."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def checksum(model: torch.nn.Module) -> str:
 @pytest.mark.parametrize(
     ("deepspeed", "lora"),
     [(None, 0), ("zero3", 0), ("zero3", 4)],
-    ids=["ddp", "zero3", "zero3-lora"],
+    ids=["ddp", "zero3", "zero3-lora-merged"],
 )
 def test_two_processes_train_one_model(
     tmp_path: Path, deepspeed: str | None, lora: int, shared
@@ -87,7 +88,7 @@ def test_two_processes_train_one_model(
     if deepspeed:
         cmd += ["--deepspeed", str(REPO / "ds_configs" / f"{deepspeed}.json")]
     if lora:
-        cmd += ["--lora_r", str(lora), "--learning_rate", "3e-2"]
+        cmd += ["--lora_r", str(lora), "--learning_rate", "3e-2", "--merge_lora", "True"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [read_json(out / f"rank{r}.json") for r in (0, 1)]
@@ -104,8 +105,31 @@ def test_two_processes_train_one_model(
         adapter = load_file(out / "adapter_model.safetensors")
         assert adapter and all(t.numel() > 0 for t in adapter.values())
         assert any(k.endswith("lora_B.weight") and t.abs().sum() > 0 for k, t in adapter.items())
+        check_merged(out, ranks[0]["sha256"])
         return
     from transformers import AutoModelForCausalLM
 
     saved = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     assert checksum(saved) == ranks[0]["sha256"]
+
+
+def check_merged(out: Path, trained_sha256: str) -> None:
+    """``OUTPUT_DIR/merged`` computes what base + adapter compute, the adapter being the one
+    trained (its checksum is the trained model's), and not what the base alone computes."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    def load(path: Path | str) -> torch.nn.Module:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+    base = resolve_model(TINY_LLAMA)
+    with_adapter = PeftModel.from_pretrained(load(base), out).eval()
+    assert checksum(with_adapter) == trained_sha256
+    ids = torch.tensor([list(range(100, 164))])
+    with torch.no_grad():
+        expected = with_adapter(input_ids=ids).logits
+        merged = load(out / "merged")(input_ids=ids).logits
+        original = load(base)(input_ids=ids).logits
+    assert torch.allclose(merged, expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(merged, original, atol=1e-3, rtol=0)
+    assert (out / "merged" / "tokenizer.json").is_file()

@@ -130,6 +130,18 @@ def test_lora_adapter_and_merged_checkpoint(tmp_path: Path, shared) -> None:
     assert summary["lora"]["lora_r"] == 8
     losses = summary["loss_history"]["loss"]
     assert losses[-1] < losses[0]
+    # the merged model computes what base + adapter compute
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from GLPFT.models import TINY_LLAMA, resolve_model
+
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(TINY_LLAMA), dtype=torch.float32)
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32)
+    ids = torch.tensor([list(range(100, 164))])
+    with torch.no_grad():
+        expected = PeftModel.from_pretrained(base, out).eval()(input_ids=ids).logits
+        assert torch.allclose(merged.eval()(input_ids=ids).logits, expected, atol=1e-5, rtol=0)
 
 
 def test_packing_trains_on_the_same_tokens(tmp_path: Path, shared) -> None:
