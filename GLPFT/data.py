@@ -332,8 +332,11 @@ def cpu_count() -> int:
 # --------------------------------------------------------------------------------------------
 
 
-#: Records per tokenization batch: the only rows held as Python lists at a time, per process.
-TOKENIZE_BATCH = 64
+#: Records per Arrow record batch of the records file, and per tokenization batch (the
+#: only samples held as Python lists at a time, per process). Opening an Arrow file maps a
+#: few pages around each record batch's header, so record batches are not made too small.
+RECORD_BATCH = 256
+TOKENIZE_BATCH = 128
 #: Fewest records worth a tokenization process of their own (a worker costs about a second).
 ROWS_PER_PROCESS = 256
 #: Records per tokenizing ``map`` (and pool of processes). The processes read the records
@@ -480,7 +483,7 @@ def build_dataset(
         gen_kwargs={"files": [str(f) for f in files], "limit": limit, "ratio": ratio, "seed": seed},
         cache_dir=cache_dir,
         fingerprint=raw_key,
-        writer_batch_size=TOKENIZE_BATCH,
+        writer_batch_size=RECORD_BATCH,
     )
     key = _digest("tokenized", raw_key, tokenizer_signature(tokenizer), max_length)
     parts = []
