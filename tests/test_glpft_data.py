@@ -312,7 +312,7 @@ def test_tokenizing_in_processes_gives_the_same_rows(tokenizer, tmp_path, shared
 
 def test_tokenizing_in_chunks_gives_the_same_rows(tokenizer, tmp_path, shared) -> None:
     """Each chunk of records has a pool of its own; together they are the whole, cached."""
-    from GLPFT.data import build_dataset
+    from GLPFT.data import DataStats, build_dataset, pack_dataset
 
     data = f"{PLANNER},{SUMMARIZER}"
     whole = build_dataset(data, tokenizer, 1024, cache_dir=str(tmp_path / "whole"))
@@ -322,6 +322,8 @@ def test_tokenizing_in_chunks_gives_the_same_rows(tokenizer, tmp_path, shared) -
     files = _cache_files(tmp_path / "c")
     again = build_dataset(data, tokenizer, 1024, cache_dir=str(tmp_path / "c"), chunk_size=40)
     assert _cache_files(tmp_path / "c") == files and again.to_list() == whole.to_list()
+    assert DataStats.of(chunked) == DataStats.of(whole)
+    assert pack_dataset(chunked, 1024).to_list() == pack_dataset(whole, 1024).to_list()
 
 
 def test_packing_by_batched_maps_gives_the_reference_rows(tokenizer, tmp_path, shared) -> None:
