@@ -202,39 +202,65 @@ def interpretation(
     tokens = tok.result["tokens"]
     fill = pack.result["packed_tokens"] / (pack.result["rows"] * args.max_length)
 
-    def peak(size: int, attr: str) -> str:
-        return f"{max(getattr(r, attr) for r in runs if r.size == size) / MIB:,.0f}"
-
-    def phase(p: str, attr: str) -> str:
-        return (
-            f"{getattr(by[small, p], attr) / MIB:,.0f} and {getattr(by[large, p], attr) / MIB:,.0f}"
-        )
+    def both(phase: str, attr: str) -> str:
+        values = (getattr(by[size, phase], attr) / MIB for size in (small, large))
+        return " and ".join(f"{v:,.0f}" for v in values)
 
     top = max(r.tree_rss for r in runs)
+    anon_growth = (by[large, "tokenize"].anonymous - by[small, "tokenize"].anonymous) / MIB
     return (
         f"Tokenizing {large:,} samples ({tokens:,} tokens) took {tok.seconds:.0f} s with "
-        f"{args.num_proc} processes ({tokens / tok.seconds:,.0f} tokens/s, {tok.cpu_seconds:.0f} "
-        f"CPU s); reading them back from the cache took {cached.seconds:.1f} s, and packing "
-        f"them into {pack.result['rows']:,} rows ({fill:.0%} full) {pack.seconds:.1f} s.\n\n"
-        f"Summed over the process tree, RSS peaked at {peak(small, 'tree_rss')} MiB for "
-        f"{small:,} samples and {peak(large, 'tree_rss')} MiB for {large:,} (target: under "
-        f"2 GiB, {'met' if top < RSS_TARGET else 'not met'}); the largest single process at "
-        f"{peak(small, 'single_rss')} and {peak(large, 'single_rss')} MiB. The sum counts the "
-        "pages that the forked tokenizing processes share with their parent (the interpreter, "
-        "torch, transformers and the tokenizer) once per process; counted once (PSS), the "
-        f"tree peaked at {peak(small, 'pss')} and {peak(large, 'pss')} MiB. Tokenizing peaked "
-        f"at {phase('tokenize', 'tree_rss')} MiB (summed RSS; anonymous: "
-        f"{phase('tokenize', 'anonymous')} MiB): the records are streamed from the JSON file "
-        "and tokenized in chunks, each by a pool of its own, so neither the records nor the "
-        "pages of the memory-mapped Arrow file read by a pool stay in memory. Packing peaked "
-        f"at {phase('pack', 'tree_rss')} MiB (anonymous: {phase('pack', 'anonymous')} MiB): "
-        "its bins fetch samples from all over the memory-mapped tokenized file, whose pages "
-        "then count in its RSS; they are the file's, on disk, and the kernel reclaims them "
-        "at will.\n\n"
+        f"{args.num_proc} processes ({tokens / tok.seconds:,.0f} tokens/s, "
+        f"{tok.cpu_seconds:.0f} CPU s); reading them back from the cache took "
+        f"{cached.seconds:.1f} s, and packing them into {pack.result['rows']:,} rows "
+        f"({fill:.0%} full) {pack.seconds:.1f} s.\n\n"
+        f"Peak RSS summed over the process tree: {both('tokenize', 'tree_rss')} MiB when "
+        f"tokenizing {small:,} and {large:,} samples, {both('pack', 'tree_rss')} MiB when "
+        f"packing them (target: under 2 GiB, {'met' if top < RSS_TARGET else 'not met'}). "
+        "Tokenizing runs four processes, all forked from the first: its tokenizing workers "
+        "and their pool's manager share its pages (the interpreter, torch, transformers and "
+        f"the tokenizer; the cached run, which is that process alone, peaked at "
+        f"{cached.single_rss / MIB:,.0f} MiB), which the sum counts once per process; counted "
+        f"once (PSS), they peaked at {both('tokenize', 'pss')} MiB. Their anonymous memory, "
+        f"{both('tokenize', 'anonymous')} MiB, moved by {anon_growth:+,.0f} MiB for "
+        f"{large / small:.0f}× the samples: no record and no token list is held beyond a "
+        "batch, and each chunk of records has a pool of its own, whose workers exit with the "
+        "pages of the records file they read. What grows with "
+        "the data is file-backed: pages of the memory-mapped Arrow files, around the header "
+        "of each record batch, which the first process maps when it opens the files. "
+        f"Packing runs in one process, with {both('pack', 'anonymous')} MiB of anonymous "
+        "memory: its bins fetch their samples from all over the memory-mapped tokenized "
+        "file, whose pages then count in its RSS until it lets the file go; they are the "
+        "file's, and the kernel drops them when memory is short.\n\n"
         f"The Arrow cache takes {sum(disk[large].values()) / GIB:.2f} GiB for {large:,} "
         f"samples: records {disk[large]['records'] / MIB:,.0f} MiB, tokenized samples "
         f"{disk[large]['tokenized'] / MIB:,.0f} MiB, packed rows "
         f"{disk[large]['packed'] / MIB:,.0f} MiB."
+    )
+
+
+def section(
+    args: argparse.Namespace, runs: list[Run], disk: dict[int, dict[str, int]], minutes: float
+) -> str:
+    """The RESULTS.md section: setting, table, what it says."""
+    flags = f"--sizes {args.sizes} --max_length {args.max_length} --write_results"
+    return (
+        f"{SECTION}\n\n{datetime.date.today()}, {machine()}.\n\n"
+        f"```bash\npython benchmarks/bench_train_data.py {flags}\n```\n\n"
+        "α-UMi's 231 example samples of the four roles, replicated to N samples in one "
+        "JSON array (written one sample at a time); the SmolLM2-135M tokenizer, "
+        f"`model_max_length` {args.max_length}, {args.num_proc} tokenizing processes "
+        "(`GLPFT.train`'s default here: min(cores, 8)). Each run is a subprocess: "
+        "*tokenize* builds the dataset as `GLPFT.train` does, from an empty cache; "
+        "*tokenize, cached* repeats it; *pack* packs the cached samples. Seconds and CPU "
+        "seconds are the run's own work (no interpreter start, imports or tokenizer "
+        "loading; CPU includes the worker processes). Memory is polled over the process "
+        "tree: summed RSS every 20 ms, the largest single process's RSS, the summed "
+        "anonymous RSS (RSS less file-backed pages, such as those of the memory-mapped "
+        "Arrow files), and the summed PSS every 0.2 s (a page shared by several processes "
+        "counts once, in shares). *Arrow written* is the cache the run wrote (records and "
+        f"tokenized samples; packed rows). The benchmark took {minutes:.0f} minutes."
+        f"\n\n{table(runs, disk)}\n\n{interpretation(runs, disk, args)}\n"
     )
 
 
@@ -288,29 +314,10 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     minutes = (time.perf_counter() - started) / 60
 
-    result = table(runs, disk)
-    print(result)
+    print(table(runs, disk))
     print(interpretation(runs, disk, args))
     if args.write_results:
-        flags = f"--sizes {args.sizes} --max_length {args.max_length} --write_results"
-        write_results(
-            f"{SECTION}\n\n{datetime.date.today()}, {machine()}.\n\n"
-            f"```bash\npython benchmarks/bench_train_data.py {flags}\n```\n\n"
-            "α-UMi's 231 example samples of the four roles, replicated to N samples in one "
-            "JSON array (written one sample at a time); the SmolLM2-135M tokenizer, "
-            f"`model_max_length` {args.max_length}, {args.num_proc} tokenizing processes "
-            "(`GLPFT.train`'s default here: min(cores, 8)). Each run is a subprocess: "
-            "*tokenize* builds the dataset as `GLPFT.train` does, from an empty cache; "
-            "*tokenize, cached* repeats it; *pack* packs the cached samples. Seconds and CPU "
-            "seconds are the run's own work (no interpreter start, imports or tokenizer "
-            "loading; CPU includes the worker processes). Memory is polled over the process "
-            "tree: summed RSS every 20 ms, the largest single process's RSS, the summed "
-            "anonymous RSS (RSS less file-backed pages, such as those of the memory-mapped "
-            "Arrow files), and the summed PSS every 0.2 s (a page shared by several processes "
-            "counts once, in shares). *Arrow written* is the cache the run wrote (records and "
-            f"tokenized samples; packed rows). The benchmark took {minutes:.0f} minutes."
-            f"\n\n{result}\n\n{interpretation(runs, disk, args)}\n"
-        )
+        write_results(section(args, runs, disk, minutes), SECTION)
         print("wrote RESULTS.md", file=sys.stderr)
 
 
