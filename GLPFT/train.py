@@ -247,6 +247,18 @@ def _merge(base_path: str, adapter_dir: Path, dest: Path, tokenizer: Any) -> Non
     tokenizer.save_pretrained(dest)
 
 
+def cpu_bf16_is_native() -> bool | None:
+    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX); None where the CPU's
+    flags cannot be read. Without it, torch emulates bf16 matrix products, which on an AVX2
+    CPU run tens of times slower than fp32 ones."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((line.split() for line in fh if line.startswith("flags")), None)
+    except OSError:
+        return None
+    return None if flags is None else bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
 def loss_history(log_history: list[dict]) -> dict[str, list]:
     """Logged training losses by step; after a resume, the checkpoint's earlier logs too."""
     logs = [e for e in log_history if "loss" in e and "step" in e]
@@ -335,6 +347,13 @@ def train(
 ) -> dict[str, Any]:
     """Run one GLPFT stage; returns the training summary (also written to the output dir)."""
     _distributed_defaults(args)
+    if args.bf16 and not args.on_cuda() and cpu_bf16_is_native() is False:
+        _log(
+            args,
+            "GLPFT: warning: --bf16 on a CPU without bf16 instructions (avx512_bf16, amx_bf16): "
+            "torch emulates bf16, and training runs tens of times slower than in fp32; "
+            "drop --bf16 on this machine",
+        )
     transformers.set_seed(args.seed)
     start = time.perf_counter()
     with args.main_process_first(desc="model alias"):

