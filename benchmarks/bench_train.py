@@ -1,6 +1,7 @@
 """Training benchmark: GLPFT against α-UMi's padding, TRL's ``SFTTrainer`` and a plain HF Trainer.
 
-Seven configurations train SmolLM2-135M (fp32 weights, bf16 autocast, CPU) for one epoch of
+Seven configurations train SmolLM2-135M (fp32 weights, bf16 autocast where the CPU computes
+bf16 in hardware, fp32 elsewhere; CPU) for one epoch of
 the same α-UMi planner samples, with an effective batch of 2, each in a child process:
 
 * a: ours, ``GLPFT.train`` with its defaults (``parse_args`` + ``train``, what
@@ -53,6 +54,14 @@ from bench_prepro import RESULTS, machine, write_results
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "alpha_umi" / "train-example" / "train_planner.json"
 SECTION = "## Training (GLPFT)"
+
+sys.path.insert(0, str(ROOT))
+from GLPFT.train import cpu_bf16_is_native  # noqa: E402
+
+#: bf16 autocast where the CPU has bf16 instructions; elsewhere torch emulates bf16, tens of
+#: times slower than fp32, so every run trains in fp32 there.
+BF16 = cpu_bf16_is_native() is not False
+PRECISION = "fp32 weights, bf16 autocast" if BF16 else "fp32: this CPU has no bf16 instructions"
 CONFIGS = {
     "a": "(a) ours: `GLPFT.train` defaults",
     "a-rbr": "(a-rbr) ours, `--row_by_row false`",
@@ -138,7 +147,7 @@ class PadToMax:
 
 
 def evaluate(model: Any, dataset: Any) -> tuple[float, int]:
-    """Loss per trained token over ``dataset`` (one sample at a time, bf16 autocast as in
+    """Loss per trained token over ``dataset`` (one sample at a time, in the precision of
     training), and the number of trained tokens."""
     import torch
 
@@ -146,7 +155,7 @@ def evaluate(model: Any, dataset: Any) -> tuple[float, int]:
 
     model.eval()
     total, count = 0.0, 0
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16):
         for sample in dataset:
             inputs = {k: torch.tensor([sample[k]]) for k in ("input_ids", "labels")}
             loss, n, _ = sparse_lm_loss(model, inputs)
@@ -190,7 +199,7 @@ def run_config(key: str, data: str, model_name: str, max_length: int, result: Pa
         "num_train_epochs": 1,
         "learning_rate": LR,
         "seed": SEED,
-        "bf16": True,
+        "bf16": BF16,
         "use_cpu": True,
         "save_strategy": "no",
         "logging_strategy": "steps",
@@ -464,7 +473,7 @@ def report(runs: dict[str, Measure], base: dict, args: argparse.Namespace, minut
         f"{SECTION}\n\n{datetime.date.today()}, {machine()}; torch {version('torch')}, "
         f"transformers {version('transformers')}, trl {version('trl')}.\n\n"
         f"```bash\npython benchmarks/bench_train.py {flags} --write_results\n```\n\n"
-        f"SmolLM2-135M (fp32 weights, bf16 autocast, CPU), batch {BATCH} (for (e), 1 with 2 "
+        f"SmolLM2-135M ({PRECISION}; CPU), batch {BATCH} (for (e), 1 with 2 "
         f"accumulation steps), `model_max_length` {args.max_length}, one epoch "
         f"({n // BATCH} optimizer steps), learning rate {LR:g}, seed {SEED}, no checkpoints, "
         f"the loss logged every step. The data are {n} samples of α-UMi's example "
@@ -480,7 +489,7 @@ def report(runs: dict[str, Measure], base: dict, args: argparse.Namespace, minut
         "(attention-mask tokens, or every token of a call without a mask); padding computed "
         "is the rest. Times cover the optimizer steps only (no loading or tokenization); "
         "s/step is the mean. Loss after is each trained model's loss per trained token on "
-        f"all {n} samples tokenized our way (bf16 autocast; {base['loss']:.4f} before "
+        f"all {n} samples tokenized our way (as trained; {base['loss']:.4f} before "
         "training). Peak RSS is that of the child process, model loading and that evaluation "
         f"included. Other processes took at most {others:.0%} of the CPU during a run; the "
         f"benchmark took {minutes:.0f} minutes.\n\n{table(runs)}\n\n"
