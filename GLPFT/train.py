@@ -287,8 +287,8 @@ def _padding_estimate(lengths: list[int], batch: int, grouped: bool) -> float:
     """The share of padding the batches will have (grouped: sorted within mega-batches)."""
     if not lengths:
         return 0.0
-    if grouped:
-        mega = batch * 50
+    if grouped:  # transformers' mega-batches: 50 batches, or a quarter of the samples if less
+        mega = max(min(len(lengths) // (batch * 4), 50), 1) * batch
         lengths = [
             n
             for k in range(0, len(lengths), mega)
