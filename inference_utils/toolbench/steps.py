@@ -33,7 +33,7 @@ from process_data.protocol import (
     prompt_suffix,
     render_turn,
 )
-from process_data.toolbench.roles import backbone_history
+from process_data.toolbench.roles import backbone_entry
 
 
 def step_samples(
@@ -44,7 +44,7 @@ def step_samples(
     for record in records:
         conv = record["conversations"]
         prompt = fill_tools(template, record["tools"])
-        history = ""
+        history = backbone = ""
         for j, turn in enumerate(conv):
             speaker, value = turn["from"], turn["value"]
             decision = parse_decision(value) if speaker == ASSISTANT else None
@@ -61,8 +61,9 @@ def step_samples(
                     "instruction": record.get("instruction"),
                     "history": conv[:j],
                     "dispath": history,
-                    "backbone_history": backbone_history(conv, j),
+                    "backbone_history": backbone,
                     "model_input": fill_step(prompt, history) + prompt_suffix("planner"),
                     "reference": reference,
                 }
             history += render_turn(speaker, value) if speaker in SPEAKERS else ""
+            backbone += backbone_entry(conv, j)

@@ -273,18 +273,15 @@ def _backbone_turn(conv: list[dict], i: int) -> tuple[str | None, str]:
     return decision, format_backbone(conv[i]["value"], decision, follow)
 
 
-def _backbone_entry(conv: list[dict], i: int) -> str:
+def backbone_entry(conv: list[dict], i: int) -> str:
+    """Turn ``i``'s entry in the history of the backbone's prompts, as its training data
+    renders it: a planner turn merged with its call or answer, user and observation turns as
+    they are, nothing for caller turns and conclusions (inside the merged turns). Inference
+    prompts the backbone with the same history."""
     speaker, value = conv[i]["from"], conv[i]["value"]
     if speaker == ASSISTANT:
         return render_turn(ASSISTANT, _backbone_turn(conv, i)[1])
     return _plain_history(speaker, value)
-
-
-def backbone_history(conv: list[dict], end: int) -> str:
-    """The history in the backbone's prompt before turn ``end``, as its training data renders
-    it: merged planner turns, user and observation turns; caller turns and conclusions are
-    inside the merged turns. Inference prompts the backbone with it too."""
-    return "".join(_backbone_entry(conv, i) for i in range(end))
 
 
 def _backbone(conv: list[dict], out: RoleSteps, compat: bool) -> None:
