@@ -28,7 +28,7 @@ import transformers
 from transformers import HfArgumentParser, TrainerCallback
 
 from GLPFT.collate import FlatCollator, PackedCollator, PadCollator
-from GLPFT.data import DataStats, build_dataset, cpu_count, pack_dataset
+from GLPFT.data import DataStats, build_dataset, cpu_count, int_column, pack_dataset
 from GLPFT.models import resolve_model
 from GLPFT.trainer import GLPFTTrainer, RowByRowTrainer
 
@@ -65,6 +65,12 @@ class DataArguments:
     preprocessing_num_workers: int | None = None
 
 
+def _auto_switch(help: str) -> Any:
+    """A flag taking ``auto`` (decided from the run's setup, the default), ``true`` or
+    ``false``."""
+    return field(default="auto", metadata={"help": help, "choices": ["auto", "true", "false"]})
+
+
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
     model_max_length: int = field(
@@ -76,24 +82,14 @@ class TrainingArguments(transformers.TrainingArguments):
     cache_dir: str | None = None
     optim: str = "adamw_torch"
     remove_unused_columns: bool = False
-    row_by_row: str = field(
-        default="auto",
-        metadata={
-            "help": "train each row of a padded batch on its own, unpadded and mask-free "
-            "(faster and lighter where batching buys little); auto: on CPU without "
-            "DeepSpeed or FSDP",
-            "choices": ["auto", "true", "false"],
-        },
+    row_by_row: str = _auto_switch(
+        "train each row of a padded batch on its own, unpadded and mask-free (faster and "
+        "lighter where batching buys little); auto: on CPU without DeepSpeed or FSDP"
     )
-
-    padding_free: str = field(
-        default="auto",
-        metadata={
-            "help": "flatten each batch into one row (position ids restarting per sample, no "
-            "padding, no attention mask); auto: on CUDA with a flash attention kernel, unless "
-            "--packing or --row_by_row true",
-            "choices": ["auto", "true", "false"],
-        },
+    padding_free: str = _auto_switch(
+        "flatten each batch into one row (position ids restarting per sample, no padding, no "
+        "attention mask); auto: on CUDA with a flash attention kernel, unless --packing or "
+        "--row_by_row true"
     )
     sparse_lm_head: bool = field(
         default=True,
@@ -403,7 +399,9 @@ def train(
         * math.ceil(args.num_train_epochs)
     )
     padding = _padding_estimate(
-        dataset["length"], batch, args.train_sampling_strategy == "group_by_length"
+        int_column(dataset, "length").tolist(),
+        batch,
+        args.train_sampling_strategy == "group_by_length",
     )
     how = {
         "packed": f"packed into {len(dataset):,} rows",
