@@ -153,6 +153,44 @@ def render_tool_docs(tools: Sequence[dict]) -> tuple[str, str]:
     return doc, names
 
 
+# ToolBench's names (``toolbench/utils.py`` ``standardize`` / ``change_name``, its
+# ``rapidapi.py`` and StableToolBench's server): clients send them, cache folders and function
+# names are built from them, so every tool, API and category name is matched through these.
+_NOT_NAME_CHAR = re.compile("[^\u4e00-\u9fa5^a-z^A-Z^0-9^_]")
+_RUNS_OF_UNDERSCORES = re.compile(r"(_)\1+")
+_RESERVED_API_NAMES = frozenset({"from", "class", "return", "false", "true", "id", "and"})
+#: ToolBench cuts a function name to its last 64 characters (OpenAI's limit).
+MAX_FUNCTION_NAME = 64
+
+
+def standardize(name: str) -> str:
+    """ToolBench's identifier form of a tool or API name: other characters become ``_``, runs
+    of ``_`` collapse, the ends are trimmed, lowercase, and ``get_`` before a leading digit.
+    (The ``^`` inside the character class is ToolBench's: ``^`` survives, as it does there.)"""
+    name = _RUNS_OF_UNDERSCORES.sub("_", _NOT_NAME_CHAR.sub("_", name)).lower().strip("_")
+    return "get_" + name if name[:1].isdigit() else name
+
+
+def api_name_of(name: str) -> str:
+    """An API's name as ToolBench's client sends it: standardized, and prefixed with ``is_``
+    where it would be a Python keyword ToolBench avoids (``id`` becomes ``is_id``)."""
+    name = standardize(name)
+    return "is_" + name if name in _RESERVED_API_NAMES else name
+
+
+def category_name_of(category: str) -> str:
+    """A category's folder name as StableToolBench writes it (``"News, Media"`` →
+    ``"News_Media"``): spaces, commas and slashes become ``_``, then each ``__`` becomes ``_``
+    once (a single pass, as there)."""
+    return re.sub("[ ,/]", "_", category).replace("__", "_")
+
+
+def function_name(api_name: str, tool_name: str) -> str:
+    """The function a model calls for an API: ``<api>_for_<tool>``, cut to the last 64
+    characters as ToolBench cuts it (both names raw; they are standardized here)."""
+    return f"{api_name_of(api_name)}_for_{standardize(tool_name)}"[-MAX_FUNCTION_NAME:]
+
+
 # --------------------------------------------------------------------------------------------
 # Prompt filling
 # --------------------------------------------------------------------------------------------

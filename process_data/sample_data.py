@@ -1,10 +1,13 @@
 """Generate a small, deterministic toy dataset in ToolBench's answer-file layout.
 
 The files mimic what ToolBench's DFS and CoT runs write (``answer/G*_answer/*.json`` plus
-``test_query_ids/``), so that the processing pipeline can be exercised in tests and demos without
-the real data. Every tool, query and answer here is invented, and a given seed always yields the
-same bytes. The trajectories cover the awkward cases a converter must handle: give-ups, retries
-after a "diversity" prompt, hallucinated function names, broken Finish arguments, and so on.
+``test_query_ids/``), and the queries in the test-instruction format (``test_instruction/``,
+each with its tools' ``api_list``: what a tool server and an agent read), so that the
+processing pipeline, the tool server and the agent can be exercised in tests and demos without
+the real data. Every tool, query and answer here is invented, and a given seed always yields
+the same bytes. The trajectories cover the awkward cases a converter must handle: give-ups,
+retries after a "diversity" prompt, hallucinated function names, broken Finish arguments, and
+so on.
 
 Usage: ``python -m process_data.sample_data --output_dir data/toolbench_sample [--seed 0]``
 """
@@ -17,6 +20,8 @@ import random
 import sys
 from pathlib import Path
 from typing import Any
+
+from process_data.protocol import function_name
 
 Message = dict[str, Any]
 
@@ -156,7 +161,7 @@ def function_schema(tool: str, api: dict[str, Any]) -> dict[str, Any]:
         props[name] = {"type": kind} | ({} if desc is None else {"description": desc})
         props[name]["example_value"] = example
     return {
-        "name": f"{api['api']}_for_{tool}",
+        "name": function_name(api["api"], tool),
         "description": f'This is the subfunction for tool "{tool}", you can use this tool.'
         f'The description of this function is: "{api["desc"]}"',
         "parameters": {
@@ -173,7 +178,7 @@ def draw_step(tool: str, api: dict[str, Any], rng: random.Random) -> dict[str, A
     values = api["draw"](rng)
     args = {p[0]: values[p[0]] for p in api["params"] if p[0] in values}
     return {
-        "name": f"{api['api']}_for_{tool}",
+        "name": function_name(api["api"], tool),
         "args": json.dumps(args, indent=2),
         "out": api["out"].format(**values),
         "obj": {k: v for k, v in values.items() if k not in args} or values,
@@ -275,8 +280,11 @@ def cot_chain(msgs: list[Message], win: bool) -> list[dict[str, Any]]:
     return chain
 
 
-def make_answer(group: str, qid: int, shape: str, cot: bool, seed: int) -> dict[str, Any]:
-    """One answer file's content: a toy query in ``group`` answered with the given shape."""
+def _task(
+    group: str, qid: int, cot: bool, seed: int
+) -> tuple[random.Random, list[dict], list[tuple[str, dict]], list[dict], str]:
+    """A toy query's tools, the APIs it calls, their calls and its text (and the generator,
+    which the answer goes on drawing from)."""
     rng = random.Random(f"{seed}-{group}-{qid}-{'cot' if cot else 'dfs'}")
     if group == "G1":
         tools = [TOOLS[qid % len(TOOLS)]]
@@ -291,6 +299,39 @@ def make_answer(group: str, qid: int, shape: str, cot: bool, seed: int) -> dict[
         + (asks[0] if len(asks) == 1 else ", ".join(asks[:-1]) + f" and {asks[-1]}")
         + "?"
     )
+    return rng, tools, picked, steps, query
+
+
+def make_query(group: str, qid: int, seed: int) -> dict[str, Any]:
+    """The test-instruction record of a toy query (its DFS answer's query): the ``api_list``
+    a tool server and an agent read, in ToolBench's format."""
+    _, tools, picked, _, query = _task(group, qid, False, seed)
+    kinds = {"string": "STRING", "number": "NUMBER"}
+
+    def param(name: str, kind: str, desc: str | None, example: Any) -> dict[str, Any]:
+        return {"name": name, "type": kinds[kind], "description": desc or "", "default": example}
+
+    api_list = [
+        {
+            "category_name": "Toy",
+            "tool_name": tool["tool"],
+            "api_name": api["api"],
+            "api_description": api["desc"],
+            "required_parameters": [param(*p[:4]) for p in api["params"] if p[4]],
+            "optional_parameters": [param(*p[:4]) for p in api["params"] if not p[4]],
+            "method": "GET",
+            "template_response": {"result": "str"},
+        }
+        for tool in tools
+        for api in tool["apis"]
+    ]
+    relevant = [[tool, api["api"]] for tool, api in picked]
+    return {"api_list": api_list, "query": query, "relevant APIs": relevant, "query_id": qid}
+
+
+def make_answer(group: str, qid: int, shape: str, cot: bool, seed: int) -> dict[str, Any]:
+    """One answer file's content: a toy query in ``group`` answered with the given shape."""
+    rng, tools, picked, steps, query = _task(group, qid, cot, seed)
     functions = [function_schema(t["tool"], api) for t in tools for api in t["apis"]]
     functions.append(FINISH_SCHEMA)
     msgs, finish_args = build_messages(shape, steps, query, [f["name"] for f in functions], cot)
@@ -368,6 +409,10 @@ def generate(output_dir: Path, seed: int = 0, per_group: int = 6) -> list[Path]:
     for name, test_ids in tests.items():
         path = output_dir / "test_query_ids" / f"{name}.json"
         write_json(path, test_ids)
+        written.append(path)
+    for group, qids in ids.items():  # the DFS answers' queries, as a tool server reads them
+        path = output_dir / "test_instruction" / f"{group}_instruction.json"
+        write_json(path, [make_query(group, qid, seed) for qid in qids])
         written.append(path)
     return written
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import filecmp
+import json
 from pathlib import Path
 
 from conftest import SAMPLE
 
+from process_data.protocol import FINISH, function_name
 from process_data.sample_data import main
 
 
@@ -23,3 +25,24 @@ def test_other_seeds_differ(tmp_path: Path) -> None:
     main(["--output_dir", str(tmp_path / "s1"), "--seed", "1"])
     name = "answer/G1_answer/1_ChatGPT_DFS_woFilter_w2.json"
     assert (tmp_path / "s1" / name).read_bytes() != (SAMPLE / name).read_bytes()
+
+
+def test_the_queries_name_the_functions_of_their_answers() -> None:
+    """Each test-instruction query's APIs are, as ToolBench names them, the functions its DFS
+    answer offered."""
+    checked = 0
+    for file in sorted((SAMPLE / "test_instruction").glob("*_instruction.json")):
+        group = file.name.split("_")[0]
+        for query in json.loads(file.read_text()):
+            answer = (
+                SAMPLE
+                / "answer"
+                / f"{group}_answer"
+                / f"{query['query_id']}_ChatGPT_DFS_woFilter_w2.json"
+            )
+            generation = json.loads(answer.read_text())["answer_generation"]
+            names = [function_name(a["api_name"], a["tool_name"]) for a in query["api_list"]]
+            assert names + [FINISH] == [f["name"] for f in generation["function"]]
+            assert query["query"] == generation["query"]
+            checked += 1
+    assert checked == 18
