@@ -109,6 +109,7 @@ class EndpointClient:
         self._lock = threading.Lock()
         self._model = endpoint.model
         self.plain_roles = False  # set once the server rejects tool messages
+        self.json_mode = True  # cleared once the server rejects ``response_format``
 
     def close(self) -> None:
         self._http.close()
@@ -135,18 +136,39 @@ class EndpointClient:
         answer = self._request("POST", "/completions", body)
         return _first_choice(answer, self.endpoint.url)["text"]
 
-    def chat(self, messages: Sequence[dict], tools: Sequence[dict] | None = None) -> str:
-        """The answer to chat messages, as text (tool calls in the caller's format)."""
+    def chat(
+        self,
+        messages: Sequence[dict],
+        tools: Sequence[dict] | None = None,
+        response_format: dict | None = None,
+    ) -> str:
+        """The answer to chat messages, as text (tool calls in the caller's format).
+
+        ``response_format`` (e.g. ``{"type": "json_object"}``) is sent while the server takes
+        it; a server that answers it with a 4xx naming the field is asked again without it,
+        for the rest of the run."""
         plain = self.plain_roles  # read once: other threads may set it meanwhile
         body: dict[str, Any] = {"model": self.model, **self.sampling}
         if tools and not plain:
             body["tools"] = list(tools)
+        json_mode = response_format is not None and self.json_mode
+        if json_mode:
+            body["response_format"] = response_format
         body["messages"] = plain_roles(messages) if plain else list(messages)
         try:
-            answer = self._request("POST", "/chat/completions", body, roles_may_fail=not plain)
+            answer = self._request(
+                "POST",
+                "/chat/completions",
+                body,
+                roles_may_fail=not plain,
+                format_may_fail=json_mode,
+            )
         except _RoleRejected:
             self.plain_roles = True
-            return self.chat(messages, tools)
+            return self.chat(messages, tools, response_format)
+        except _FormatRejected:
+            self.json_mode = False
+            return self.chat(messages, tools, response_format)
         return assistant_text(_first_choice(answer, self.endpoint.url)["message"])
 
     def generate(self, prompt: str | Sequence[dict], tools: Sequence[dict] | None = None) -> str:
@@ -154,7 +176,12 @@ class EndpointClient:
         return self.complete(prompt) if isinstance(prompt, str) else self.chat(prompt, tools)
 
     def _request(
-        self, method: str, path: str, body: dict | None, roles_may_fail: bool = False
+        self,
+        method: str,
+        path: str,
+        body: dict | None,
+        roles_may_fail: bool = False,
+        format_may_fail: bool = False,
     ) -> dict:
         where = f"{method} {self.endpoint.url.rstrip('/')}{path}"
         for attempt in range(self.max_retries + 1):
@@ -174,6 +201,8 @@ class EndpointClient:
                     delay = max(delay, _retry_after(response))
                 elif roles_may_fail and rejects_tool_roles(response.status_code, response.text):
                     raise _RoleRejected
+                elif format_may_fail and "response_format" in response.text:
+                    raise _FormatRejected
                 else:
                     raise EndpointError(
                         f"{where}: HTTP {response.status_code}: {response.text[:500]}"
@@ -185,6 +214,10 @@ class EndpointClient:
 
 
 class _RoleRejected(Exception):
+    pass
+
+
+class _FormatRejected(Exception):
     pass
 
 

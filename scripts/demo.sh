@@ -36,4 +36,30 @@ $py -m inference_utils.toolbench.infer_pipeline --data_path "$out/data/raw_data/
   --summarizer_model_name_or_path "$out/glpft/summarizer" --summarizer_use_lora True
 $py -m inference_utils.toolbench.evaluate --input_path "$out/static/predictions.json" \
   --output_path "$out/static/metrics.json"
+echo "== tool server: the sample's tools, offline simulator, cache in $out/tools.sqlite"
+$py - "$out" <<'PY'
+import socket, subprocess, sys, time
+import httpx
+from inference_utils.toolclient import ToolClient
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    out, port = sys.argv[1], s.getsockname()[1]
+server = subprocess.Popen([sys.executable, "-m", "inference_utils.toolserver", "--port", str(port),
+    "--queries", "data/toolbench_sample/test_instruction", "--cache", f"{out}/tools.sqlite"])
+try:
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    with ToolClient(f"http://127.0.0.1:{port}/virtual") as client:
+        for _ in range(2):  # the second call is a cache hit
+            seen = client.call("Toy", "toy_weather", "get_forecast", '{"city": "Lyon"}')
+            print("observation:", seen.text)
+    print("stats:", httpx.get(f"http://127.0.0.1:{port}/stats").text)
+finally:
+    server.terminate()
+    server.wait()
+PY
 echo "== done: $out/data (training sets), $out/glpft (models), $out/static (metrics)"

@@ -6,14 +6,17 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
-from GLPFT.models import TINY_LLAMA
+from GLPFT.models import TINY_LLAMA, gguf_path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -77,3 +80,52 @@ def kill_when(
     assert proc.poll() is None, "the run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(
+    cmd: list[str], ready_url: str, log: Path, timeout: float = 120, **popen: object
+) -> subprocess.Popen:
+    """Start a server process (output to ``log``) and wait until ``ready_url`` answers 200;
+    fail with the end of its log if it exits or does not answer within ``timeout`` s."""
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, **popen)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(ready_url, timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"{cmd[2]} did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory) -> str:
+    """A llama.cpp OpenAI-compatible server with the default GGUF model; its API base URL."""
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    port = free_port()
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path())]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "2"]
+    url = f"http://127.0.0.1:{port}/v1"
+    proc = start_server(cmd, f"{url}/models", log)
+    yield url
+    stop_server(proc)

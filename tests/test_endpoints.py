@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 from conftest import ALPHA_UMI, REPO, read_json, read_jsonl
 from openai_gateway import Busy, Gateway
 
-from GLPFT.models import gguf_path
 from inference_utils.endpoints import (
     Endpoint,
     EndpointClient,
@@ -43,32 +39,8 @@ def data(tmp_path_factory, shared) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> str:
-    log = tmp_path_factory.mktemp("llama") / "server.log"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path())]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "2"]
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise RuntimeError(f"llama.cpp server did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.3)
-    yield url
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+def server(llama_server: str) -> str:
+    return llama_server
 
 
 @pytest.fixture

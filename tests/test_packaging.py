@@ -122,7 +122,9 @@ def test_wheel_metadata(tmp_path: Path) -> None:
         metadata = Parser().parsestr(zf.read(info).decode())
         entry_points = zf.read(info.replace("METADATA", "entry_points.txt")).decode()
         top = {n.split("/")[0] for n in zf.namelist() if n.endswith(".py")}
+        data = {n for n in zf.namelist() if not n.endswith(".py") and ".dist-info/" not in n}
     assert top == PACKAGES
+    assert data == {"inference_utils/toolserver/simulator_prompt.yaml"}, "package data"
     requires = metadata.get_all("Requires-Dist")
     assert sorted(map(str, map(Requirement, requires))) == sorted(
         map(str, map(Requirement, DIST.requires or []))

@@ -1,0 +1,5 @@
+import sys
+
+from inference_utils.toolserver.cli import main
+
+sys.exit(main())
