@@ -2,7 +2,7 @@
 
 A role speaks to its endpoint through ``/completions`` (the α-UMi text prompt, exactly the
 training input) or ``/chat/completions`` (the chat format's messages and tools). Each request
-has a timeout and is retried, with exponential backoff, on connection errors, timeouts,
+has a timeout and is retried, with jittered exponential backoff, on connection errors, timeouts,
 429 and 5xx answers. A 4xx answer is final, except one: servers whose chat template knows
 only ``system``/``user``/``assistant`` reject ``tool`` (or ``function``) messages, for example
 with ``{"given":"function","permitted":["system","assistant","user"]}``. The client then
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import threading
 import time
@@ -110,6 +111,7 @@ class EndpointClient:
         self._model = endpoint.model
         self.plain_roles = False  # set once the server rejects tool messages
         self.json_mode = True  # cleared once the server rejects ``response_format``
+        self.tool_calling = True  # cleared once the server rejects or ignores forced tool calls
 
     def close(self) -> None:
         self._http.close()
@@ -171,6 +173,41 @@ class EndpointClient:
             return self.chat(messages, tools, response_format)
         return assistant_text(_first_choice(answer, self.endpoint.url)["message"])
 
+    def call_function(self, messages: Sequence[dict], function: dict) -> dict:
+        """The arguments the model gives ``function`` (an OpenAI function schema), as a dict.
+
+        The call is forced with ``tool_choice`` while the server does tool calling. A server
+        that refuses the tools (a 4xx naming them) or answers without a tool call is asked,
+        from then on, for the arguments as a JSON object in text: the schema goes into the
+        last message, in JSON mode where the server takes it. Raises ValueError when the
+        answer holds no JSON object."""
+        if self.tool_calling:
+            body: dict[str, Any] = {
+                "model": self.model,
+                **self.sampling,
+                "messages": list(messages),
+            }
+            body["tools"] = [{"type": "function", "function": function}]
+            body["tool_choice"] = {"type": "function", "function": {"name": function["name"]}}
+            try:
+                answer = self._request("POST", "/chat/completions", body, tools_may_fail=True)
+            except _ToolsRejected:
+                self.tool_calling = False
+            else:
+                calls = _first_choice(answer, self.endpoint.url)["message"].get("tool_calls")
+                if calls:
+                    return json_object(calls[0]["function"]["arguments"])
+                self.tool_calling = False
+        schema = json.dumps(function.get("parameters", {}), ensure_ascii=False)
+        ask = (
+            f"\n\nAnswer with `{function['name']}`: reply with one JSON object of its arguments "
+            f"and nothing else, following this JSON schema:\n{schema}"
+        )
+        *head, last = [dict(m) for m in messages]
+        last["content"] = (last.get("content") or "") + ask
+        text = self.chat([*head, last], response_format={"type": "json_object"})
+        return json_object(text)
+
     def generate(self, prompt: str | Sequence[dict], tools: Sequence[dict] | None = None) -> str:
         """Text prompts go to the completions API, message lists to the chat API."""
         return self.complete(prompt) if isinstance(prompt, str) else self.chat(prompt, tools)
@@ -182,6 +219,7 @@ class EndpointClient:
         body: dict | None,
         roles_may_fail: bool = False,
         format_may_fail: bool = False,
+        tools_may_fail: bool = False,
     ) -> dict:
         where = f"{method} {self.endpoint.url.rstrip('/')}{path}"
         for attempt in range(self.max_retries + 1):
@@ -203,13 +241,15 @@ class EndpointClient:
                     raise _RoleRejected
                 elif format_may_fail and "response_format" in response.text:
                     raise _FormatRejected
+                elif tools_may_fail and _TOOL_WORDS.search(response.text):
+                    raise _ToolsRejected
                 else:
                     raise EndpointError(
                         f"{where}: HTTP {response.status_code}: {response.text[:500]}"
                     )
             if attempt == self.max_retries:
                 break
-            time.sleep(min(delay, 30.0))
+            time.sleep(min(delay, 30.0) * random.uniform(0.5, 1.0))  # jittered
         raise EndpointError(f"{where}: failed after {self.max_retries + 1} attempts: {problem}")
 
 
@@ -219,6 +259,22 @@ class _RoleRejected(Exception):
 
 class _FormatRejected(Exception):
     pass
+
+
+class _ToolsRejected(Exception):
+    pass
+
+
+_TOOL_WORDS = re.compile(r"\btools?\b|tool_choice|function", re.I)
+_FENCED = re.compile(r"^\s*```(?:json)?\s*|\s*```\s*$")
+
+
+def json_object(text: str) -> dict:
+    """The JSON object a model wrote (code fences allowed around it)."""
+    value = json.loads(_FENCED.sub("", text), strict=False)
+    if not isinstance(value, dict):
+        raise ValueError(f"a JSON {type(value).__name__}, not an object: {text[:200]!r}")
+    return value
 
 
 def _retry_after(response: httpx.Response) -> float:

@@ -207,10 +207,10 @@ class ShardWriter:
         return {"path": self.path, "jsonl": self.jsonl, "count": self.count, "_fh": None}
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, indent: int = 2) -> None:
     """Write a small JSON document atomically."""
     out = AtomicFile(path)
-    out.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    out.write(json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
     out.commit()
 
 

@@ -9,6 +9,7 @@ which gateways were busy when it arrived, so tests can see concurrency across ro
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -135,3 +136,59 @@ class ScriptedEndpoint(Gateway):
             self.unknown.append(prompt)
             return JSONResponse({"error": {"message": "unknown prompt"}}, status_code=404)
         return JSONResponse({"choices": [{"index": 0, "text": text}]})
+
+
+class ScriptedJudge(Gateway):
+    """An OpenAI-compatible chat server that plays a judge: each request names a function
+    (``tool_choice``) and a query (a ``[qN]`` tag in the prompt); the n-th request for that pair
+    gets the n-th verdict of ``script[(function, tag)]`` (the last one repeats), as a tool call,
+    or as JSON text when ``tool_calls=False``. ``faults`` (``Faults``) injects 429/500 answers
+    and delays; ``garbage`` answers the first N requests with text that is not JSON."""
+
+    def __init__(
+        self, script: dict[tuple[str, str], list[dict]], tool_calls: bool = True, garbage: int = 0
+    ):
+        super().__init__("judge", "http://127.0.0.1:9")
+        self.script, self.tool_calls, self.garbage = script, tool_calls, garbage
+        self.asked: dict[tuple[str, str], int] = {}
+        self.requests: list[dict] = []
+        self._lock = threading.Lock()
+
+    async def _handle(self, path: str, request: Request) -> JSONResponse:
+        if request.method == "GET":
+            return JSONResponse({"object": "list", "data": [{"id": "scripted-judge"}]})
+        body = await request.json()
+        with self._lock:
+            self.posts += 1
+            n = self.posts
+            self.requests.append(body)
+        f = self.faults
+        if f.fail_always or n <= f.fail_first:
+            return JSONResponse({"error": {"message": "injected"}}, status_code=f.fail_status)
+        if n <= f.delay_first:
+            await asyncio.sleep(f.delay)
+        text = body["messages"][-1]["content"]
+        name = (body.get("tool_choice") or {}).get("function", {}).get("name")
+        if name is None:  # JSON in text: the function is named in the instruction
+            name = next(fn for (fn, _) in self.script if f"`{fn}`" in text)
+        tag = next((t for (fn, t) in self.script if fn == name and f"[{t}]" in text), None)
+        if tag is None:
+            return JSONResponse({"error": {"message": f"no script for {name}"}}, status_code=404)
+        with self._lock:
+            k = self.asked.get((name, tag), 0)
+            self.asked[(name, tag)] = k + 1
+        verdicts = self.script[(name, tag)]
+        verdict = verdicts[min(k, len(verdicts) - 1)] | {"reason": f"scripted {k}"}
+        arguments = "no json here" if n <= self.garbage else json.dumps(verdict)
+        if self.tool_calls and "tools" in body:
+            call = {
+                "id": f"call_{n}",
+                "type": "function",
+                "function": {"name": name, "arguments": arguments},
+            }
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        else:
+            message = {"role": "assistant", "content": arguments}
+        return JSONResponse(
+            {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+        )

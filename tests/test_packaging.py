@@ -124,7 +124,8 @@ def test_wheel_metadata(tmp_path: Path) -> None:
         top = {n.split("/")[0] for n in zf.namelist() if n.endswith(".py")}
         data = {n for n in zf.namelist() if not n.endswith(".py") and ".dist-info/" not in n}
     assert top == PACKAGES
-    assert data == {"inference_utils/toolserver/simulator_prompt.yaml"}, "package data"
+    prompts = {"toolserver/simulator_prompt.yaml", "tooleval/judge_prompts.yaml"}
+    assert data == {f"inference_utils/{p}" for p in prompts}, "package data"
     requires = metadata.get_all("Requires-Dist")
     assert sorted(map(str, map(Requirement, requires))) == sorted(
         map(str, map(Requirement, DIST.requires or []))

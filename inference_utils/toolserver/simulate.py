@@ -28,14 +28,13 @@ from typing import Any
 
 import yaml
 
-from inference_utils.endpoints import EndpointClient, EndpointError
+from inference_utils.endpoints import EndpointClient, EndpointError, json_object
 
 from .tools import ApiSpec
 
 DEFAULT_PROMPT = Path(__file__).with_name("simulator_prompt.yaml")
 EXAMPLES, EXAMPLE_CHARS, TRIES = 5, 2048, 3
 _PLACEHOLDER = re.compile(r"\{(api_doc|examples|arguments)(_py)?\}")
-_FENCE = re.compile(r"^\s*```(?:json)?\s*|\s*```\s*$")
 
 
 class SimulationError(RuntimeError):
@@ -103,9 +102,7 @@ def _render(
 def parse_simulated(text: str) -> dict:
     """The answer in a simulator's output: a JSON object, fenced or not. An object with a
     ``response`` field is taken as the answer; any other object is the response itself."""
-    value = json.loads(_FENCE.sub("", text), strict=False)
-    if not isinstance(value, dict):
-        raise ValueError(f"a JSON {type(value).__name__}, not an object")
+    value = json_object(text)
     if "response" in value:
         error = value.get("error") or ""
         return {

@@ -1,0 +1,93 @@
+"""The judge flags every ToolEval command shares, and the :class:`Judge` they describe.
+
+``--evaluator openai:MODEL --api_base URL`` names any OpenAI-compatible endpoint (the key from
+``--api_key`` or ``$OPENAI_API_KEY``); ``--api_pool FILE`` takes ToolBench's or StableToolBench's
+key pool (a JSON list of ``{"api_key", "api_base" or "organization"}``), used in turn.
+``--evaluator_dir`` loads a ToolEval evaluator folder instead of our prompts. Keys are passed to
+the endpoint clients and kept nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from inference_utils.endpoints import Endpoint, EndpointClient
+from inference_utils.tooleval.judge import Judge, Rubric, VerdictCache
+
+
+def add_judge_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("judge")
+    g.add_argument(
+        "--evaluator",
+        default=None,
+        help="openai:MODEL (default: the model the prompts' settings name)",
+    )
+    g.add_argument("--api_base", help="the endpoint's API base, e.g. http://127.0.0.1:8000/v1")
+    g.add_argument("--api_key", help="default: $OPENAI_API_KEY")
+    g.add_argument("--api_pool", type=Path, help="ToolBench's or StableToolBench's key pool file")
+    g.add_argument(
+        "--evaluator_dir", type=Path, help="a ToolEval evaluator folder (config.yaml, template.txt)"
+    )
+    g.add_argument(
+        "--judge_prompts",
+        type=Path,
+        help="our prompt format (default: inference_utils/tooleval/judge_prompts.yaml)",
+    )
+    g.add_argument(
+        "--verdict_cache", type=Path, help="SQLite file (default: <save_path>/verdicts.sqlite)"
+    )
+    g.add_argument("--request_timeout", type=float, default=120.0, help="seconds")
+    g.add_argument("--max_retries", type=int, default=4, help="for 429, 5xx and timeouts")
+
+
+def _pool(path: Path, api_base: str | None) -> list[tuple[str, str | None]]:
+    """(api_base, api_key) of each entry of a key pool file."""
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read the key pool: {exc}") from exc
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: a key pool is a non-empty JSON list of objects")
+    pool = []
+    for k, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not entry.get("api_key"):
+            raise ValueError(f"{path}: entry {k} has no api_key")
+        base = entry.get("api_base") or api_base
+        if not base:
+            raise ValueError(f"{path}: entry {k} has no api_base, and no --api_base is given")
+        pool.append((base, entry["api_key"]))
+    return pool
+
+
+def build_judge(args: argparse.Namespace, default_cache: Path) -> Judge:
+    """The :class:`Judge` of the parsed flags, with its verdict cache."""
+    if args.evaluator_dir:
+        rubric = Rubric.load_tooleval(args.evaluator_dir)
+    else:
+        rubric = Rubric.load(args.judge_prompts) if args.judge_prompts else Rubric.load()
+    kind, _, model = (args.evaluator or "openai:").partition(":")
+    if kind != "openai":
+        raise ValueError(f"--evaluator {args.evaluator!r}: expected openai:MODEL")
+    model = model or rubric.settings.get("model")
+    if args.api_pool:
+        pool = _pool(args.api_pool, args.api_base)
+    elif args.api_base:
+        pool = [(args.api_base, args.api_key or os.environ.get("OPENAI_API_KEY"))]
+    else:
+        raise ValueError("the judge needs --api_base (or --api_pool)")
+    settings = rubric.settings
+    clients = [
+        EndpointClient(
+            Endpoint(base, model or None, "chat", key),
+            max_new_tokens=int(settings.get("max_tokens", 512)),
+            temperature=float(settings.get("temperature", 0.0)),
+            timeout=args.request_timeout,
+            max_retries=args.max_retries,
+        )
+        for base, key in pool
+    ]
+    cache = VerdictCache(args.verdict_cache or default_cache)
+    return Judge(rubric, clients, model or clients[0].model, cache)
