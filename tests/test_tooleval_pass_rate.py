@@ -7,11 +7,14 @@ from __future__ import annotations
 import csv
 import json
 import random
+import sqlite3
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import SHARED, read_json
+from conftest import SHARED, kill_when, read_json
 from openai_gateway import ScriptedJudge
 
 from inference_utils.tooleval.judge import Rubric
@@ -232,3 +235,42 @@ def test_steps_read_the_reference_answers(shared) -> None:
         assert text.startswith("Step 1: ") or not text
         finished += "'name': 'Finish'" in final
     assert 0 < finished <= len(answers)
+
+
+def test_sigkill_loses_no_verdict(data, tmp_path: Path) -> None:
+    """A run killed while judging keeps every verdict it received: the run again asks the
+    judge exactly the questions that have no stored verdict."""
+    converted_dir, ids = data
+    save = tmp_path / "pass"
+    script = SCRIPT | {("check_answer_status", "q6"): [S]}  # verdicts that do not depend on order
+    total = 40  # q2 4 · q3 8 · q4 8 · q5 12 · q6 4 · q8 4
+    with ScriptedJudge(script) as judge:
+        judge.faults.delay_first, judge.faults.delay = 10**6, 0.3
+        cmd = [
+            sys.executable,
+            "-m",
+            "inference_utils.tooleval.pass_rate",
+            "--converted_answer_path",
+            str(converted_dir),
+        ]
+        cmd += [
+            "--test_ids",
+            str(ids),
+            "--save_path",
+            str(save),
+            "--model",
+            "m",
+            "--api_base",
+            judge.url,
+        ]
+        cmd += ["--evaluate_times", "4", "--max_eval_threads", "4"]
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        kill_when(proc, lambda: judge.posts >= 12, timeout=120)
+    with sqlite3.connect(save / "verdicts.sqlite") as db:
+        kept = db.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0]
+    assert 0 < kept < total
+    with ScriptedJudge(script) as judge:
+        assert run(data, judge, save) == 0
+        assert judge.posts == total - kept
