@@ -198,14 +198,7 @@ class EndpointClient:
                 if calls:
                     return json_object(calls[0]["function"]["arguments"])
                 self.tool_calling = False
-        schema = json.dumps(function.get("parameters", {}), ensure_ascii=False)
-        ask = (
-            f"\n\nAnswer with `{function['name']}`: reply with one JSON object of its arguments "
-            f"and nothing else, following this JSON schema:\n{schema}"
-        )
-        *head, last = [dict(m) for m in messages]
-        last["content"] = (last.get("content") or "") + ask
-        text = self.chat([*head, last], response_format={"type": "json_object"})
+        text = self.chat(ask_for_json(messages, function), response_format={"type": "json_object"})
         return json_object(text)
 
     def generate(self, prompt: str | Sequence[dict], tools: Sequence[dict] | None = None) -> str:
@@ -223,7 +216,7 @@ class EndpointClient:
     ) -> dict:
         where = f"{method} {self.endpoint.url.rstrip('/')}{path}"
         for attempt in range(self.max_retries + 1):
-            delay = self.backoff * 2**attempt
+            delay = self.backoff * 2**attempt * random.uniform(0.5, 1.0)  # jittered
             try:
                 response = self._http.request(method, path, json=body)
             except httpx.TransportError as exc:  # refused, reset, timed out
@@ -249,7 +242,7 @@ class EndpointClient:
                     )
             if attempt == self.max_retries:
                 break
-            time.sleep(min(delay, 30.0) * random.uniform(0.5, 1.0))  # jittered
+            time.sleep(min(delay, 30.0))
         raise EndpointError(f"{where}: failed after {self.max_retries + 1} attempts: {problem}")
 
 
@@ -267,6 +260,19 @@ class _ToolsRejected(Exception):
 
 _TOOL_WORDS = re.compile(r"\btools?\b|tool_choice|function", re.I)
 _FENCED = re.compile(r"^\s*```(?:json)?\s*|\s*```\s*$")
+
+
+def ask_for_json(messages: Sequence[dict], function: dict) -> list[dict]:
+    """``messages`` with the last one asking for ``function``'s arguments as a JSON object
+    (for models that do no tool calling)."""
+    schema = json.dumps(function.get("parameters", {}), ensure_ascii=False)
+    ask = (
+        f"\n\nAnswer with `{function['name']}`: reply with one JSON object of its arguments "
+        f"and nothing else, following this JSON schema:\n{schema}"
+    )
+    *head, last = [dict(m) for m in messages]
+    last["content"] = (last.get("content") or "") + ask
+    return [*head, last]
 
 
 def json_object(text: str) -> dict:

@@ -23,6 +23,7 @@ Either way a call's outputs depend only on its prompts and settings, not on earl
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -31,6 +32,7 @@ import torch
 
 from GLPFT.data import fit
 from GLPFT.models import resolve_model
+from inference_utils.endpoints import ask_for_json, json_object
 from process_data.protocol import MODEL_INPUT_PREFIX
 
 
@@ -116,6 +118,13 @@ def generate_batched(
         ).input_ids
         for p in prompts
     ]
+    return generate_from_ids(model, tokenizer, ids, settings)
+
+
+def generate_from_ids(
+    model: Any, tokenizer: Any, ids: Sequence[list[int]], settings: GenerationSettings
+) -> list[str]:
+    """The texts generated after each prompt (token ids), in input order."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id)
     if settings.reuse_prefixes and _croppable(model):
         new = generate_reusing_prefixes(model, tokenizer, ids, settings, pad)
@@ -298,3 +307,27 @@ class LoRAModels:
     def generate(self, role: str, prompts: Sequence[str]) -> list[str]:
         self.model.set_adapter(role)
         return generate_batched(self.model, self.tokenizer, prompts, self.settings)
+
+
+class ChatModel:
+    """A local model answering chat messages through its chat template (a judge, for
+    instance); calls are serialized."""
+
+    def __init__(self, path: str, settings: GenerationSettings):
+        self.model, self.tokenizer = _load(path, settings)
+        self.settings = settings
+        self._lock = threading.Lock()
+
+    def chat(self, messages: Sequence[dict]) -> str:
+        ids = self.tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=True, tokenize=True
+        )
+        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        special = set(self.tokenizer.all_special_ids)
+        ids = fit(list(ids), [], self.settings.max_input_length, special).input_ids
+        with self._lock:
+            return generate_from_ids(self.model, self.tokenizer, [ids], self.settings)[0]
+
+    def call_function(self, messages: Sequence[dict], function: dict) -> dict:
+        """The arguments the model gives ``function``, asked for as a JSON object in text."""
+        return json_object(self.chat(ask_for_json(messages, function)))

@@ -10,7 +10,8 @@ reason is asked for.
 
 A :class:`Judge` asks through OpenAI-compatible endpoints (several keys or servers of a pool
 in turn), by tool calling where the endpoint does it and by strict JSON in text where it does
-not (:meth:`inference_utils.endpoints.EndpointClient.call_function`). Transport faults are
+not (:meth:`inference_utils.endpoints.EndpointClient.call_function`), or a local model
+(:class:`inference_utils.generation.ChatModel`, JSON in text). Transport faults are
 retried by the endpoint client (429, 5xx and timeouts, with backoff and jitter). A verdict that
 is not what the function asks for is asked again once, then recorded as ``Unsure`` with the
 reason. Every verdict is stored in a :class:`VerdictCache` (SQLite, WAL) under the judge's
@@ -30,10 +31,9 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import yaml
-
-from inference_utils.endpoints import EndpointClient
 
 DEFAULT_RUBRIC = Path(__file__).with_name("judge_prompts.yaml")
 QUESTIONS = (
@@ -199,13 +199,19 @@ def problem(function: dict, verdict: dict) -> str | None:
     return None
 
 
+class FunctionCaller(Protocol):
+    """A model that answers a forced function call: an endpoint client or a local model."""
+
+    def call_function(self, messages: Sequence[dict], function: dict) -> dict: ...
+
+
 class Judge:
     """Asks :class:`Rubric` questions; ``clients`` are used in turn (a key pool)."""
 
     def __init__(
         self,
         rubric: Rubric,
-        clients: Sequence[EndpointClient],
+        clients: Sequence[FunctionCaller],
         model: str,
         cache: VerdictCache | None = None,
         tries: int = 2,

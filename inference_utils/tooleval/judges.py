@@ -3,8 +3,9 @@
 ``--evaluator openai:MODEL --api_base URL`` names any OpenAI-compatible endpoint (the key from
 ``--api_key`` or ``$OPENAI_API_KEY``); ``--api_pool FILE`` takes ToolBench's or StableToolBench's
 key pool (a JSON list of ``{"api_key", "api_base" or "organization"}``), used in turn.
-``--evaluator_dir`` loads a ToolEval evaluator folder instead of our prompts. Keys are passed to
-the endpoint clients and kept nowhere else.
+``--evaluator local:PATH`` runs a local model (a checkpoint or a ``GLPFT.models`` alias)
+through its chat template. ``--evaluator_dir`` loads a ToolEval evaluator folder instead of
+our prompts. Keys are passed to the endpoint clients and kept nowhere else.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def add_judge_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--evaluator",
         default=None,
-        help="openai:MODEL (default: the model the prompts' settings name)",
+        help="openai:MODEL or local:PATH (default: openai, the model the prompts name)",
     )
     g.add_argument("--api_base", help="the endpoint's API base, e.g. http://127.0.0.1:8000/v1")
     g.add_argument("--api_key", help="default: $OPENAI_API_KEY")
@@ -69,16 +70,24 @@ def build_judge(args: argparse.Namespace, default_cache: Path) -> Judge:
     else:
         rubric = Rubric.load(args.judge_prompts) if args.judge_prompts else Rubric.load()
     kind, _, model = (args.evaluator or "openai:").partition(":")
+    settings = rubric.settings
+    cache = VerdictCache(args.verdict_cache or default_cache)
+    if kind == "local" and model:
+        from inference_utils.generation import ChatModel, GenerationSettings
+
+        local = ChatModel(
+            model, GenerationSettings(max_new_tokens=int(settings.get("max_tokens", 512)))
+        )
+        return Judge(rubric, [local], f"local:{model}", cache)
     if kind != "openai":
-        raise ValueError(f"--evaluator {args.evaluator!r}: expected openai:MODEL")
-    model = model or rubric.settings.get("model")
+        raise ValueError(f"--evaluator {args.evaluator!r}: expected openai:MODEL or local:PATH")
+    model = model or settings.get("model")
     if args.api_pool:
         pool = _pool(args.api_pool, args.api_base)
     elif args.api_base:
         pool = [(args.api_base, args.api_key or os.environ.get("OPENAI_API_KEY"))]
     else:
         raise ValueError("the judge needs --api_base (or --api_pool)")
-    settings = rubric.settings
     clients = [
         EndpointClient(
             Endpoint(base, model or None, "chat", key),
@@ -89,5 +98,4 @@ def build_judge(args: argparse.Namespace, default_cache: Path) -> Judge:
         )
         for base, key in pool
     ]
-    cache = VerdictCache(args.verdict_cache or default_cache)
     return Judge(rubric, clients, model or clients[0].model, cache)
