@@ -55,10 +55,12 @@ class ToolServer:
             [*cmd, *flags], f"{self.url}/health", self.log, timeout=90, start_new_session=True
         )
 
-    def post(self, body: dict | bytes, path: str = "/virtual", **kw: object) -> httpx.Response:
+    def post(
+        self, body: dict | bytes, path: str = "/virtual", timeout: float = 60
+    ) -> httpx.Response:
         if isinstance(body, dict):
-            return httpx.post(self.url + path, json=body, timeout=60, **kw)
-        return httpx.post(self.url + path, content=body, timeout=60, **kw)
+            return httpx.post(self.url + path, json=body, timeout=timeout)
+        return httpx.post(self.url + path, content=body, timeout=timeout)
 
     def stats(self) -> dict:
         return httpx.get(self.url + "/stats", timeout=10).json()
@@ -679,15 +681,15 @@ def test_the_llm_simulator_with_llama_cpp(
     tmp_path: Path, llama_server: str, stub_queries: Path
 ) -> None:
     srv = stub_server(
-        tmp_path, stub_queries, "--simulator_endpoint", llama_server, "--simulator_max_tokens", "96"
+        tmp_path, stub_queries, "--simulator_endpoint", llama_server, "--simulator_max_tokens", "64"
     )
     try:
         body = call("Data", "stub_tool", "good", {"q": "weather in Lyon"})
-        answer = srv.post(body).json()
+        answer = srv.post(body, timeout=600).json()  # up to 3 tries on a loaded CPU
         stats = srv.stats()
-        if stats["errors"]:  # three tries without valid JSON: an error answer, not cached
+        if stats["errors"]:  # a 135M model may write no valid JSON in 3 tries: not cached
             assert "no valid JSON" in answer["error"] and stats["cache_entries"] == {}
-            pytest.skip("the 135M model wrote no valid JSON in 3 tries")
+            return
         assert set(answer) == {"error", "response"}
         assert stats["sources"]["llm"] == 1 and stats["cache_entries"] == {"llm": 1}
         assert srv.post(body).json() == answer  # now from the cache
