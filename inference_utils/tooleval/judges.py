@@ -13,7 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
 
 from inference_utils.endpoints import Endpoint, EndpointClient
 from inference_utils.tooleval.judge import Judge, Rubric, VerdictCache
@@ -99,3 +104,15 @@ def build_judge(args: argparse.Namespace, default_cache: Path) -> Judge:
         for base, key in pool
     ]
     return Judge(rubric, clients, model or clients[0].model, cache)
+
+
+def judge_all(fn: Callable[..., Any], jobs: Sequence[tuple], threads: int, desc: str) -> list:
+    """``fn(*job)`` for every job on ``threads`` threads, results in job order, with a progress
+    bar. A judge that fails for good (an ``EndpointError``) stops the rest: the verdicts
+    received so far are cached, so the same command resumes from them."""
+    pool = ThreadPoolExecutor(max(1, threads))
+    try:
+        futures = [pool.submit(fn, *job) for job in jobs]
+        return [f.result() for f in tqdm(futures, desc=desc, unit="judgment", disable=None)]
+    finally:
+        pool.shutdown(cancel_futures=True)

@@ -35,15 +35,12 @@ import re
 import statistics
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from inference_utils.endpoints import EndpointError
 from inference_utils.tooleval.judge import Judge, RubricError
-from inference_utils.tooleval.judges import add_judge_flags, build_judge
+from inference_utils.tooleval.judges import add_judge_flags, build_judge, judge_all
 from process_data.jsonio import write_json_atomic
 
 SOLVED, UNSOLVED, UNSURE = "Solved", "Unsolved", "Unsure"
@@ -180,20 +177,12 @@ def evaluate_set(
     answered = [qid for qid in test_ids if qid in answers]
     missing = [qid for qid in test_ids if qid not in answers]
     jobs = [(qid, r) for qid in answered for r in range(args.evaluate_times)]
-    with ThreadPoolExecutor(max(1, args.max_eval_threads)) as pool:
-        futures = [
-            pool.submit(judge_answer, judge, qid, answers[qid], r, args.mode, args.seed)
-            for qid, r in jobs
-        ]
-        try:
-            done = [
-                f.result()
-                for f in tqdm(futures, desc=f"pass rate {test_set}", unit="judgment", disable=None)
-            ]
-        except EndpointError:  # the judge failed for good: stop; its verdicts so far are cached
-            for f in futures:
-                f.cancel()
-            raise
+    done = judge_all(
+        judge_answer,
+        [(judge, qid, answers[qid], r, args.mode, args.seed) for qid, r in jobs],
+        args.max_eval_threads,
+        f"pass rate {test_set}",
+    )
     by_qid: dict[str, list[Judgment]] = {}
     for (qid, _), judgment in zip(jobs, done, strict=True):
         by_qid.setdefault(qid, []).append(judgment)

@@ -30,15 +30,12 @@ import random
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from inference_utils.endpoints import EndpointError
 from inference_utils.tooleval.judge import Judge, RubricError
-from inference_utils.tooleval.judges import add_judge_flags, build_judge
+from inference_utils.tooleval.judges import add_judge_flags, build_judge, judge_all
 from inference_utils.tooleval.pass_rate import (
     SOLVED,
     TEST_SETS,
@@ -157,20 +154,12 @@ def evaluate_set(
     judge: Judge, refs, outs, ref_pass, out_pass, test_ids, args, test_set: str
 ) -> WinResult:
     jobs = [(qid, r) for qid in test_ids for r in range(args.evaluate_times)]
-    with ThreadPoolExecutor(max(1, args.max_eval_threads)) as pool:
-        futures = [
-            pool.submit(decide, judge, q, refs, outs, ref_pass, out_pass, r, args.seed)
-            for q, r in jobs
-        ]
-        try:
-            rounds = [
-                f.result()
-                for f in tqdm(futures, desc=f"win rate {test_set}", unit="round", disable=None)
-            ]
-        except EndpointError:
-            for f in futures:
-                f.cancel()
-            raise
+    rounds = judge_all(
+        decide,
+        [(judge, q, refs, outs, ref_pass, out_pass, r, args.seed) for q, r in jobs],
+        args.max_eval_threads,
+        f"win rate {test_set}",
+    )
     records: dict[str, dict] = {}
     for r in rounds:
         record = records.setdefault(r.qid, {args.ref_name: 0, args.out_name: 0, "rounds": {}})
