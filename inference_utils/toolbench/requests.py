@@ -1,0 +1,44 @@
+"""What a query's search asks of the outside world.
+
+A search is a generator: it yields these requests and is sent their results. Keeping the
+search free of backends lets one search serve local models, endpoints and tests alike, and
+lets a driver batch the requests of many queries deterministically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Generate:
+    """One LLM call: the role and what its backend is given.
+
+    The driver sends back the generated text (``str``), cleaned as the static pipeline
+    cleans it.
+    """
+
+    role: str  # "planner" | "caller" | "summarizer" | "backbone"
+    prompt: str  # the α-UMi text prompt (process_data.protocol.build_prompt)
+    messages: tuple | None = None  # the chat-format messages (chat endpoints), else None
+    tools: tuple | None = None  # chat-format tools for roles that call tools, else None
+    # (query_id, role): lets a local backend reuse the KV cache of this query's earlier
+    # prompt for this role
+    session: Hashable = None
+
+
+@dataclass(frozen=True)
+class ToolRequest:
+    """One real API call for the tool server.
+
+    The driver sends back an :class:`inference_utils.toolclient.Observation`.
+    """
+
+    category: str
+    tool_name: str
+    api_name: str
+    tool_input: dict
+
+
+Request = Generate | ToolRequest
