@@ -327,6 +327,13 @@ def test_bad_calls_get_error_answers(server: ToolServer, body, status: int, erro
     assert answer["response"] == "" and error in answer["error"]
 
 
+def test_other_methods_and_paths_are_refused_in_the_same_shape(server: ToolServer) -> None:
+    got = httpx.get(server.url + "/virtual", timeout=10)
+    assert got.status_code == 405 and got.headers["allow"] == "POST"
+    assert got.json() == {"error": "Method not allowed", "response": ""}
+    assert httpx.post(server.url + "/nowhere", json={}, timeout=10).status_code == 404
+
+
 def test_oversized_bodies_are_refused_and_the_server_keeps_serving(server: ToolServer) -> None:
     big = json.dumps(call("Data", "TheClique", "Songkick concert", {"q": "x" * (2 << 20)})).encode()
     assert server.post(big).status_code == 413
