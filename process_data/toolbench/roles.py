@@ -284,6 +284,18 @@ def backbone_entry(conv: list[dict], i: int) -> str:
     return _plain_history(speaker, value)
 
 
+def render_history(conv: list[dict]) -> str:
+    """The history after ``conv`` in planner, caller and summarizer prompts, as their
+    training steps render it; the agent prompts with it so that its inputs are the training
+    inputs of the same conversation."""
+    return "".join(_entry(turn["from"], turn["value"]) for turn in conv)
+
+
+def render_backbone_history(conv: list[dict]) -> str:
+    """The history after ``conv`` in backbone prompts (see :func:`backbone_entry`)."""
+    return "".join(backbone_entry(conv, i) for i in range(len(conv)))
+
+
 def _backbone(conv: list[dict], out: RoleSteps, compat: bool) -> None:
     history = ""
     for i, turn in enumerate(conv):

@@ -200,7 +200,12 @@ def to_stage1(answer: dict, compat: bool) -> dict:
     query = require_str(generation.get("query"), "answer_generation.query")
     functions = generation.get("function")
     require(isinstance(functions, list), "answer_generation.function is not a list")
-    tools = [
+    return {"tools": convert_tools(functions), "instruction": query, "chains": chain}
+
+
+def convert_tools(functions: list) -> list[dict]:
+    """A ToolBench function list in α-UMi's form, without ``Finish`` (the planner's markers
+    stand for it); the agent converts the functions it is given the same way."""
+    return [
         convert_tool(t) for t in functions if not (isinstance(t, dict) and t.get("name") == FINISH)
     ]
-    return {"tools": tools, "instruction": query, "chains": chain}

@@ -1,0 +1,179 @@
+"""Policies: the next assistant message of a ToolBench search, from the role models.
+
+A search holds ToolBench's OpenAI-style messages (system, user, assistant with a
+``function_call``, function). A policy turns them into the next assistant message
+
+    {"role": "assistant", "content": thought or None,
+     "function_call": {"name": ..., "arguments": ...}}
+
+as a generator that yields :class:`~inference_utils.toolbench.requests.Generate` requests and
+is sent the generated texts, so that one policy serves local models, endpoints and scripted
+tests alike.
+
+The prompts are the training inputs of the same history: the messages are converted into an
+α-UMi conversation by process_data's own stage-2 conversion (the one that turns an answer
+file's ``train_messages`` into training data), the functions by its stage-1 tool conversion,
+and the histories are rendered by its role builders. A step of an answer file written by this
+agent therefore trains on exactly the prompt the agent saw. Model outputs are read only by
+:func:`process_data.protocol.parse_decision` and :func:`~process_data.protocol.parse_action`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator, Hashable
+from typing import Protocol
+
+from inference_utils.toolbench.requests import Generate
+from process_data.protocol import (
+    ASSISTANT,
+    FINISH,
+    GIVE_ANSWER,
+    GIVE_UP_AND_RESTART,
+    build_prompt,
+    format_plan,
+    parse_action,
+    parse_decision,
+    render_turn,
+)
+from process_data.toolbench.formats import ChatEncoder, chat_tools
+from process_data.toolbench.roles import render_backbone_history, render_history
+from process_data.toolbench.stage1 import convert_tools
+from process_data.toolbench.stage2 import to_stage2
+
+#: The function a caller output names when it holds no ``Action:`` / ``Action Input:`` pair:
+#: α-UMi's agent calls ``none`` with ``{}`` then, a name the environment rejects as
+#: ToolBench's rejects any unknown function (status 1, a hallucinated name).
+UNPARSED_NAME = "none"
+UNPARSED_ARGUMENTS = "{}"
+
+#: The roles whose chat-format requests carry the tools.
+_TOOL_ROLES = ("caller", "backbone")
+
+
+class Policy(Protocol):
+    def decide(
+        self, messages: list[dict], functions: list[dict]
+    ) -> Generator[Generate, str, dict]: ...
+
+
+def assistant_message(thought: str | None, name: str, arguments: str) -> dict:
+    """An assistant message with a function call, as ToolBench's answer files store it."""
+    return {
+        "role": "assistant",
+        "content": thought,
+        "function_call": {"name": name, "arguments": arguments},
+    }
+
+
+def finish_message(thought: str | None, final_answer: str | None) -> dict:
+    """``Finish`` with the final answer, or ``give_up_and_restart`` when it is ``None``."""
+    if final_answer is None:
+        arguments = {"return_type": GIVE_UP_AND_RESTART}
+    else:
+        arguments = {"return_type": GIVE_ANSWER, "final_answer": final_answer}
+    return assistant_message(thought, FINISH, json.dumps(arguments, ensure_ascii=False))
+
+
+def call_message(thought: str | None, call_text: str | None) -> dict:
+    """The function call a caller (or backbone) text makes; an unreadable one calls
+    :data:`UNPARSED_NAME`, which the environment answers as an unknown function."""
+    parsed = parse_action(call_text) if call_text is not None else None
+    name, arguments = parsed if parsed is not None else (UNPARSED_NAME, UNPARSED_ARGUMENTS)
+    return assistant_message(thought, name, arguments)
+
+
+class _RolePrompts:
+    """What every policy shares: the query, the prompt types, and the conversion of a search's
+    messages into α-UMi turns and role requests."""
+
+    def __init__(
+        self,
+        instruction: str,
+        query_id: Hashable = None,
+        prompt_types: dict[str, str] | None = None,
+        chat: bool = False,
+    ):
+        self.instruction = instruction
+        self.query_id = query_id
+        self.prompt_types = dict(prompt_types or {})
+        self.chat = chat
+
+    def conversation(self, messages: list[dict], tools: list[dict]) -> list[dict]:
+        """The α-UMi turns of the messages, converted as process_data converts an answer
+        file's chain (the system prompt and ToolBench's wrapping of the query are not part of
+        them: the query is the instruction, as the answer file's ``query`` field is)."""
+        record = {"instruction": self.instruction, "chains": messages, "tools": tools}
+        return to_stage2(record, compat=False)["conversations"]
+
+    def request(
+        self,
+        role: str,
+        tools: list[dict],
+        turns: list[dict],
+        history: str,
+        thought: str | None = None,
+    ) -> Generate:
+        """A role's request after ``turns`` (whose rendered history is ``history``)."""
+        prompt = build_prompt(role, tools, history, thought, self.prompt_types.get(role))
+        messages = chat = None
+        if self.chat:
+            messages = tuple(ChatEncoder("", tools, turns).prompt(role, len(turns)))
+            chat = tuple(chat_tools(tools)) if role in _TOOL_ROLES else None
+        return Generate(role, prompt, messages, chat, (self.query_id, role))
+
+
+class MultiLLMPolicy(_RolePrompts):
+    """α-UMi's planner → caller, or planner → summarizer, or planner give-up.
+
+    The planner's thought (its output without the marker) is the message's ``content``. The
+    caller and the summarizer see the planner's turn as the training data writes it
+    (:func:`~process_data.protocol.format_plan` of that thought), so that their prompts are
+    the training prompts of the answer file this agent writes.
+    """
+
+    def decide(self, messages: list[dict], functions: list[dict]) -> Generator[Generate, str, dict]:
+        tools = convert_tools(functions)
+        turns = self.conversation(messages, tools)
+        history = render_history(turns)
+        plan = yield self.request("planner", tools, turns, history)
+        decision = parse_decision(plan)
+        if decision.kind == "give up":
+            return finish_message(decision.thought, None)
+        turn = format_plan(decision.thought, decision.kind)
+        turns = [*turns, {"from": ASSISTANT, "value": turn}]
+        history += render_turn(ASSISTANT, turn)
+        if decision.kind == "conclusion":
+            answer = yield self.request("summarizer", tools, turns, history)
+            return finish_message(decision.thought, answer)
+        call = yield self.request("caller", tools, turns, history, thought=turn)
+        return call_message(decision.thought, call)
+
+
+class BackbonePolicy(_RolePrompts):
+    """The single LLM: its thought, then its call, its final answer, or its give-up, in one
+    output (:func:`~process_data.protocol.parse_decision` with ``role="backbone"``)."""
+
+    def decide(self, messages: list[dict], functions: list[dict]) -> Generator[Generate, str, dict]:
+        tools = convert_tools(functions)
+        turns = self.conversation(messages, tools)
+        output = yield self.request("backbone", tools, turns, render_backbone_history(turns))
+        decision = parse_decision(output, "backbone")
+        thought = decision.thought or None
+        if decision.kind == "give up":
+            return finish_message(thought, None)
+        if decision.kind == "conclusion":
+            return finish_message(thought, decision.follow_up)
+        return call_message(thought, decision.follow_up)
+
+
+def make_policy(
+    backbone: bool,
+    instruction: str,
+    query_id: Hashable = None,
+    prompt_types: dict[str, str] | None = None,
+    chat: bool = False,
+) -> MultiLLMPolicy | BackbonePolicy:
+    """The policy of one query: the single LLM, or α-UMi's three roles."""
+    cls = BackbonePolicy if backbone else MultiLLMPolicy
+    return cls(instruction, query_id, prompt_types, chat)
