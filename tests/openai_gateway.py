@@ -152,6 +152,7 @@ class ScriptedJudge(Gateway):
         self.script, self.tool_calls, self.garbage = script, tool_calls, garbage
         self.asked: dict[tuple[str, str], int] = {}
         self.requests: list[dict] = []
+        self.keys: list[str] = []  # the bearer token of each request
         self._lock = threading.Lock()
 
     async def _handle(self, path: str, request: Request) -> JSONResponse:
@@ -162,6 +163,7 @@ class ScriptedJudge(Gateway):
             self.posts += 1
             n = self.posts
             self.requests.append(body)
+            self.keys.append(request.headers.get("authorization", "").removeprefix("Bearer "))
         f = self.faults
         if f.fail_always or n <= f.fail_first:
             return JSONResponse({"error": {"message": "injected"}}, status_code=f.fail_status)

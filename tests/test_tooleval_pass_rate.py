@@ -274,3 +274,32 @@ def test_sigkill_loses_no_verdict(data, tmp_path: Path) -> None:
     with ScriptedJudge(script) as judge:
         assert run(data, judge, save) == 0
         assert judge.posts == total - kept
+
+
+def test_api_keys_reach_the_judge_and_nothing_else(
+    data, tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture
+) -> None:
+    """The keys of a key pool, and of ``--api_key``, are sent to the judge (each pool entry in
+    turn) and appear in no log line, no output file and no cache, including on retries and on
+    a run that fails."""
+    keys = ["sk-pool-SECRET-one", "sk-pool-SECRET-two", "sk-flag-SECRET-three"]
+    caplog.set_level("DEBUG")
+    with ScriptedJudge(SCRIPT) as judge:
+        pool = tmp_path / "pool.json"
+        pool.write_text(json.dumps([{"api_key": k, "api_base": judge.url} for k in keys[:2]]))
+        judge.faults.fail_first, judge.faults.fail_status = 3, 500
+        assert run(data, judge, tmp_path / "out", "--api_pool", str(pool)) == 0
+        assert set(judge.keys) == set(keys[:2])
+    with ScriptedJudge(SCRIPT) as judge:
+        judge.faults.fail_always, judge.faults.fail_status = True, 401
+        flags = ("--api_key", keys[2], "--max_retries", "1")
+        assert run(data, judge, tmp_path / "failed", *flags) == 3
+        assert set(judge.keys) == {keys[2]}
+    said = capfd.readouterr()
+    text = said.out + said.err + caplog.text
+    assert "judge failed" in text  # the failure was reported
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "pool.json"]
+    assert any(p.name.startswith("verdicts.sqlite") for p in written)
+    for key in keys:
+        assert key not in text
+        assert key.encode() not in b"".join(p.read_bytes() for p in written)
