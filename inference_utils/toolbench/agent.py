@@ -1,0 +1,304 @@
+"""The driver of the real-time agent: many queries' searches at once.
+
+A query's search is a generator that yields requests (:mod:`inference_utils.toolbench.requests`)
+and is sent their results; its return value is the search result. :func:`run_searches` keeps
+up to ``concurrency`` of them active and answers their requests:
+
+* ``Generate`` with local role models (:class:`~inference_utils.generation.RoleModels`): in
+  rounds. A round first runs the tool calls of the active queries until each waits on a model
+  (or is done), then makes one ``generate(role, prompts)`` call per role for the queries
+  waiting on that role, in the order the queries started, so one forward pass serves several
+  queries. Which prompts share a call depends only on the searches, never on how fast the
+  tools answer, so a run is reproducible.
+* ``Generate`` with role endpoints (:class:`~inference_utils.endpoints.EndpointClient`):
+  concurrently, on the task graph, one lane per role (as the static pipeline runs them).
+* ``ToolRequest`` with a :class:`~inference_utils.toolclient.ToolClient`, concurrently on the
+  task graph (a lane of ``concurrency`` calls); every call has the client's timeout, and a call
+  that fails is an error observation for its search, never an exception.
+
+A search that raises fails its own query only: ``on_done`` gets the error and the other
+queries go on. A role call that fails for good (an endpoint down after its retries, a model
+that raises) is thrown into the searches that asked for it, which may handle it; if they do
+not, those queries fail.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Generator, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from inference_utils.dag import TaskGraph
+from inference_utils.endpoints import EndpointClient
+from inference_utils.generation import RoleModels, clean_output
+from inference_utils.toolbench.requests import Generate, ToolRequest
+from inference_utils.toolclient import REQUEST_FAILED, Observation, ToolClient
+
+#: The order in which a round asks the roles: a planner's output may need the caller or the
+#: summarizer in the same round.
+ROLE_ORDER = ("backbone", "planner", "caller", "summarizer")
+#: The task graph's lane of tool calls.
+TOOLS_LANE = "tools"
+
+Search = Generator[Any, Any, Any]
+#: ``on_done(key, result, error)``: ``error`` is ``None`` when the search returned ``result``.
+OnDone = Callable[[Hashable, Any, BaseException | None], None]
+
+
+@dataclass
+class RunStats:
+    """What a run asked of the models and the tools; read by a progress display."""
+
+    llm_calls: int = 0  # Generate requests answered
+    model_calls: int = 0  # generate() calls of local models (each serves a batch)
+    tool_calls: int = 0
+    finished: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    llm_calls_by_role: dict[str, int] = field(default_factory=dict)
+
+    def count_llm(self, role: str, n: int = 1) -> None:
+        self.llm_calls += n
+        self.llm_calls_by_role[role] = self.llm_calls_by_role.get(role, 0) + n
+
+
+class SearchFailed(RuntimeError):
+    """A search yielded something that is not a request."""
+
+
+class _Searches:
+    """The active searches, started in input order, each with the request it waits on.
+
+    Only the scheduling thread touches the generators."""
+
+    def __init__(
+        self,
+        searches: Iterable[tuple[Hashable, Search]],
+        concurrency: int,
+        on_done: OnDone | None,
+        stats: RunStats,
+    ):
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self._queue = iter(searches)
+        self.concurrency = concurrency
+        self.on_done = on_done
+        self.stats = stats
+        self.waiting: dict[Hashable, Any] = {}  # key → the request it waits on
+        self._gens: dict[Hashable, Search] = {}
+        self._order: dict[Hashable, int] = {}  # key → start position
+
+    def __bool__(self) -> bool:
+        return bool(self._gens)
+
+    def fill(self) -> list[Hashable]:
+        """Start searches until ``concurrency`` are active; the keys of those that wait."""
+        started = []
+        while len(self._gens) < self.concurrency:
+            item = next(self._queue, None)
+            if item is None:
+                break
+            key, gen = item
+            if key in self._gens or key in self._order:
+                raise ValueError(f"two searches have the key {key!r}")
+            self._gens[key] = gen
+            self._order[key] = len(self._order)
+            if self._step(key, next):
+                started.append(key)
+        return started
+
+    def send(self, key: Hashable, value: Any) -> bool:
+        """Send a result; whether the search waits on a new request (else it ended)."""
+        return self._step(key, lambda g: g.send(value))
+
+    def throw(self, key: Hashable, error: BaseException) -> bool:
+        """Raise ``error`` in the search where it waits; whether it waits on a new request."""
+        return self._step(key, lambda g: g.throw(error))
+
+    def in_order(self, keys: Iterable[Hashable]) -> list[Hashable]:
+        return sorted(keys, key=self._order.__getitem__)
+
+    def _step(self, key: Hashable, advance: Callable[[Search], Any]) -> bool:
+        gen = self._gens[key]
+        self.waiting.pop(key, None)
+        try:
+            request = advance(gen)
+        except StopIteration as stop:
+            self._end(key, stop.value, None)
+            return False
+        except Exception as exc:  # a bug or a bad query: that query fails, the others go on
+            self._end(key, None, exc)
+            return False
+        if not isinstance(request, Generate | ToolRequest):
+            gen.close()
+            self._end(key, None, SearchFailed(f"a search yielded {type(request).__name__}"))
+            return False
+        self.waiting[key] = request
+        return True
+
+    def _end(self, key: Hashable, result: Any, error: BaseException | None) -> None:
+        del self._gens[key]
+        if error is None:
+            self.stats.finished += 1
+        else:
+            self.stats.failed += 1
+        if self.on_done is not None:
+            self.on_done(key, result, error)
+
+
+def run_searches(
+    searches: Mapping[Hashable, Search] | Iterable[tuple[Hashable, Search]],
+    llm: RoleModels | Mapping[str, EndpointClient],
+    tools: ToolClient,
+    concurrency: int = 8,
+    on_done: OnDone | None = None,
+    stats: RunStats | None = None,
+) -> RunStats:
+    """Run every search to its end; ``on_done`` is called as each ends (in the calling
+    thread). ``llm`` is local role models, or one endpoint client per role."""
+    stats = stats if stats is not None else RunStats()
+    items = searches.items() if isinstance(searches, Mapping) else searches
+    active = _Searches(items, concurrency, on_done, stats)
+    start = time.monotonic()
+    try:
+        if isinstance(llm, Mapping):
+            _run_on_endpoints(active, llm, tools)
+        else:
+            _run_in_rounds(active, llm, tools)
+    finally:
+        stats.seconds += time.monotonic() - start
+    return stats
+
+
+# -- local models: rounds --------------------------------------------------------------------
+
+
+def _run_in_rounds(active: _Searches, models: RoleModels, tools: ToolClient) -> None:
+    active.fill()
+    while active:
+        _run_tools(active, tools)
+        for role in ROLE_ORDER:
+            keys = active.in_order(
+                k for k, r in active.waiting.items() if isinstance(r, Generate) and r.role == role
+            )
+            if not keys:
+                continue
+            prompts = [active.waiting[k].prompt for k in keys]
+            active.stats.model_calls += 1
+            try:
+                texts = models.generate(role, prompts)
+            except Exception as exc:
+                for key in keys:
+                    active.throw(key, exc)
+            else:
+                active.stats.count_llm(role, len(keys))
+                for key, text in zip(keys, texts, strict=True):
+                    active.send(key, text)
+            active.fill()
+        unknown = [k for k, r in active.waiting.items() if _role_of(r) not in (*ROLE_ORDER, None)]
+        for key in unknown:
+            active.throw(key, KeyError(f"no model for role {active.waiting[key].role!r}"))
+        active.fill()
+
+
+def _role_of(request: Any) -> str | None:
+    return request.role if isinstance(request, Generate) else None
+
+
+def _run_tools(active: _Searches, tools: ToolClient) -> None:
+    """Answer tool calls until every active search waits on a model or has ended."""
+    pending = [k for k, r in active.waiting.items() if isinstance(r, ToolRequest)]
+    if not pending:
+        return
+    graph = TaskGraph(max_workers=active.concurrency, lanes={TOOLS_LANE: active.concurrency})
+    count = itertools.count()
+
+    def add(key: Hashable) -> None:
+        request = active.waiting[key]
+        graph.add((key, next(count)), lambda: _call_tool(tools, request), lane=TOOLS_LANE)
+
+    def answered(key: Hashable, observation: Observation) -> None:
+        """Send the observation; then the search's next tool call and new searches' first."""
+        active.stats.tool_calls += 1
+        keys = [key] if active.send(key, observation) else []
+        for k in keys + active.fill():
+            if isinstance(active.waiting[k], ToolRequest):
+                add(k)
+
+    graph.on_done = lambda _g, task, observation: answered(task[0], observation)
+    graph.on_error = lambda _g, task, error: answered(task[0], _failed_observation(error))
+    for key in pending:
+        add(key)
+    graph.run()
+
+
+def _call_tool(tools: ToolClient, request: ToolRequest) -> Observation:
+    return tools.call(request.category, request.tool_name, request.api_name, request.tool_input)
+
+
+def _failed_observation(error: BaseException) -> Observation:
+    """A tool call that raised, as the search sees a call that failed."""
+    return Observation(f"request failed: {type(error).__name__}: {error}", "", REQUEST_FAILED)
+
+
+# -- endpoints: everything concurrent ------------------------------------------------------------
+
+
+def _run_on_endpoints(
+    active: _Searches, clients: Mapping[str, EndpointClient], tools: ToolClient
+) -> None:
+    lanes = {role: active.concurrency for role in clients}
+    lanes[TOOLS_LANE] = active.concurrency
+    graph = TaskGraph(max_workers=active.concurrency * len(lanes), lanes=lanes)
+    count = itertools.count()
+
+    def schedule(keys: Iterable[Hashable]) -> None:
+        for key in keys:
+            request = active.waiting[key]
+            task = (key, next(count))
+            if isinstance(request, ToolRequest):
+                graph.add(task, lambda r=request: _call_tool(tools, r), lane=TOOLS_LANE)
+            elif request.role in clients:
+                client = clients[request.role]
+                graph.add(task, lambda r=request, c=client: _ask(c, r), lane=request.role)
+            elif active.throw(key, KeyError(f"no endpoint for role {request.role!r}")):
+                schedule([key])
+
+    def moved(key: Hashable, waits: bool) -> None:
+        schedule(([key] if waits else []) + active.fill())
+
+    def done(_graph: TaskGraph, task: tuple, value: Any) -> None:
+        key = task[0]
+        request = active.waiting[key]
+        if isinstance(request, ToolRequest):
+            active.stats.tool_calls += 1
+        else:
+            active.stats.count_llm(request.role)
+        moved(key, active.send(key, value))
+
+    def failed(_graph: TaskGraph, task: tuple, error: BaseException) -> None:
+        key = task[0]
+        if isinstance(active.waiting[key], ToolRequest):
+            active.stats.tool_calls += 1
+            moved(key, active.send(key, _failed_observation(error)))
+        else:
+            moved(key, active.throw(key, error))
+
+    graph.on_done, graph.on_error = done, failed
+    schedule(active.fill())
+    graph.run()
+
+
+def _ask(client: EndpointClient, request: Generate) -> str:
+    """A role's output from its endpoint: the text prompt for the completions API, the chat
+    messages (and tools) for the chat API; cleaned as the static pipeline cleans it."""
+    if client.endpoint.api == "chat":
+        if request.messages is None:
+            raise ValueError(
+                f"the {request.role} endpoint speaks chat: the request has no messages"
+            )
+        tools = list(request.tools) if request.tools else None
+        return clean_output(client.generate(list(request.messages), tools))
+    return clean_output(client.generate(request.prompt))
