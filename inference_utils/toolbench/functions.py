@@ -1,0 +1,334 @@
+"""A query's tool environment, as ToolBench's ``rapidapi.py`` builds and steps it.
+
+From a query (``query``, ``api_list``) it builds the OpenAI functions the agent sees
+(``<api>_for_<tool>``, ToolBench's descriptions and parameters, plus ``Finish``) and the system
+and user messages that start every search. :meth:`QueryEnv.step` runs one function call the
+way ToolBench's ``step`` does, as a generator: a real API call yields one
+:class:`~inference_utils.toolbench.requests.ToolRequest` and is sent the
+:class:`~inference_utils.toolclient.Observation`; ``Finish``, unknown names and arguments that
+are not JSON are answered here, with ToolBench's texts and status codes. The answer files,
+ToolEval and the training data all read these texts, so they are reproduced exactly.
+
+Where ToolBench crashes, this module answers instead (and says so where it does):
+
+* a name that is a suffix of ``Finish`` only (ToolBench looks it up among the APIs and raises
+  ``KeyError``) is an unknown name, status 1;
+* ``Finish`` arguments that are JSON but not an object are read as an object without
+  ``return_type`` (status 2);
+* an API parameter without ``default`` or ``description`` reads as an empty one.
+
+ToolBench does not check arguments against the function's schema (missing required
+parameters go to the server, which answers as the API would), and neither does this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Generator, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from inference_utils.toolbench.requests import ToolRequest
+from inference_utils.toolclient import Observation
+from inference_utils.toolserver.service import parse_tool_input
+from process_data.protocol import (
+    FINISH,
+    GIVE_ANSWER,
+    GIVE_UP_AND_RESTART,
+    api_name_of,
+    function_name,
+    standardize,
+)
+
+#: ToolBench's ``--max_observation_length`` default: longer observations are cut to it.
+MAX_OBSERVATION_LENGTH = 1024
+#: ToolBench cuts API and parameter descriptions to this many characters.
+DESCRIPTION_MAX_LENGTH = 256
+#: ToolBench cuts a tool's description in the system message to this many characters.
+TOOL_DESCRIPTION_MAX_LENGTH = 512
+
+# Status codes of a step (ToolBench's ``rapidapi.py``; 6–12 come from the tool client).
+OK, NO_SUCH_FUNCTION, BAD_INPUT, FINAL_ANSWER, GIVE_UP = 0, 1, 2, 3, 4
+
+_PARAM_TYPES = {"NUMBER": "integer", "STRING": "string", "BOOLEAN": "boolean"}
+
+FINISH_FUNCTION: dict = {
+    "name": FINISH,
+    "description": (
+        "If you believe that you have obtained a result that can answer the task, please call "
+        "this function to provide the final answer. Alternatively, if you recognize that you "
+        "are unable to proceed with the task in the current state, call this function to "
+        "restart. Remember: you must ALWAYS call this function at the end of your attempt, and "
+        "the only part that will be shown to the user is the final answer, so it should contain "
+        "sufficient information."
+    ),
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "return_type": {"type": "string", "enum": [GIVE_ANSWER, GIVE_UP_AND_RESTART]},
+            "final_answer": {
+                "type": "string",
+                "description": "The final answer you want to give the user. You should have "
+                'this field if "return_type"=="give_answer"',
+            },
+        },
+        "required": ["return_type"],
+    },
+}
+
+# ToolBench's ReAct_prompts.py FORMAT_INSTRUCTIONS_SYSTEM_FUNCTION / _USER_FUNCTION and the
+# task description rapidapi.py writes into it.
+SYSTEM_PROMPT = """You are AutoGPT, you can use many tools(functions) to do the following task.
+First I will give you the task description, and your task start.
+At each step, you need to give your thought to analyze the status now and what to do next, with a function call to actually excute your step.
+After the call, you will get the call result, and you are now in a new state.
+Then you will analyze your status now, then decide what to do next...
+After many (Thought-call) pairs, you finally perform the task, then you can give your finial answer.
+Remember: 
+1.the state change is irreversible, you can't go back to one of the former state, if you want to restart the task, say "I give up and restart".
+2.All the thought is short, at most in 5 sentence.
+3.You can do more then one trys, so if your plan is to continusly try some conditions, you can do one of the conditions per try.
+Let's Begin!
+Task description: {task_description}"""  # noqa: E501, W291
+USER_PROMPT = """
+{input_description}
+Begin!
+"""
+TASK_DESCRIPTION = """You should use functions to help handle the real time user querys. Remember:
+1.ALWAYS call "Finish" function at the end of the task. And the final answer should contain enough information to show to the user,If you can't handle the task, or you find that function calls always fail(the function is not valid now), use function Finish->give_up_and_restart.
+2.Do not use origin tool names, use only subfunctions' names.
+You have access of the following tools:
+"""  # noqa: E501
+
+# Observation texts of the steps answered here (ToolBench's, byte for byte).
+_MUST_HAVE_RETURN_TYPE = '{error:"must have "return_type""}'
+_MUST_HAVE_FINAL_ANSWER = '{error:"must have "final_answer""}'
+_INVALID_RETURN_TYPE = '{error:""return_type" is not a valid choice"}'
+_GAVE_UP = '{"response":"chose to give up and restart"}'
+_ANSWERED = '{"response":"successfully giving the final answer."}'
+#: What StableToolBench's server answers for a ``tool_input`` it cannot read as JSON.
+TOOL_INPUT_ERROR = "Tool input parse error...\n"
+
+
+@dataclass(frozen=True)
+class ApiRoute:
+    """Where a function's calls go: the names ToolBench's client sends for it."""
+
+    category: str  # the query's category_name, as written there
+    tool_name: str  # the standardized tool name
+    api_name: str  # the API's name as ToolBench sends it (api_name_of)
+
+
+def api_function(api: Mapping, tool_name: str | None = None) -> dict:
+    """One ``api_list`` entry as ToolBench's OpenAI function (``api_json_to_openai_json``).
+
+    ``tool_name`` is the standardized tool name (ToolBench takes it from the tool file's name,
+    which is the standardized name). As in ToolBench, the parameters are listed only when the
+    API has required parameters: optional ones alone are not shown.
+    """
+    tool = tool_name if tool_name is not None else standardize(api["tool_name"])
+    raw_api_name = api["api_name"]
+    name = function_name(raw_api_name, tool)
+    description = f'This is the subfunction for tool "{tool}", you can use this tool.'
+    api_description = (api.get("api_description") or "").strip()
+    if api_description != "":
+        cut = api_description.replace(raw_api_name, name)[:DESCRIPTION_MAX_LENGTH]
+        description += f'The description of this function is: "{cut}"'
+    properties: dict = {}
+    required: list = []
+    optional: list = []
+    if api.get("required_parameters"):
+        for params, names in (
+            (api["required_parameters"], required),
+            (api.get("optional_parameters") or [], optional),
+        ):
+            for param in params:
+                param_name = api_name_of(param["name"])
+                properties[param_name] = _parameter(param)
+                names.append(param_name)
+    return {
+        "name": name,
+        "description": description,
+        "parameters": {
+            "type": "object",
+            "properties": properties,
+            "required": required,
+            "optional": optional,
+        },
+    }
+
+
+def _parameter(param: Mapping) -> dict:
+    spec = {
+        "type": _PARAM_TYPES.get(param.get("type"), "string"),
+        "description": (param.get("description") or "")[:DESCRIPTION_MAX_LENGTH],
+    }
+    default = param.get("default", "")
+    if len(str(default)) != 0:
+        spec["example_value"] = default
+    return spec
+
+
+def task_description(tools: Iterable[tuple[str, str]]) -> str:
+    """ToolBench's task description: its rules, then one line per tool (first occurrence
+    order, duplicates once), the description cut to 512 characters, ``None`` when empty."""
+    unique: dict[str, str] = {}
+    for name, description in tools:
+        unique[name] = description
+    text = TASK_DESCRIPTION
+    for k, (name, description) in enumerate(unique.items()):
+        stripped = (description or "")[:TOOL_DESCRIPTION_MAX_LENGTH].replace("\n", "").strip()
+        text += f"{k + 1}.{name}: {stripped or 'None'}\n"
+    return text
+
+
+def load_tool_descriptions(tools_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """Tool descriptions by standardized tool name, from ToolBench's
+    ``toolenv/tools/<category>/<tool>.json`` files (its ``get_white_list``).
+
+    Test-instruction query files do not carry them; without them each tool's line in the
+    system message reads ``None``."""
+    root = Path(tools_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder (expected toolenv/tools)")
+    descriptions: dict[str, str] = {}
+    for path in sorted(root.glob("*/*.json")):
+        with open(path, encoding="utf-8") as fh:
+            tool = json.load(fh)
+        if isinstance(tool, dict) and "tool_name" in tool:
+            descriptions[standardize(tool["tool_name"])] = tool.get("tool_description") or ""
+    return descriptions
+
+
+class QueryEnv:
+    """One query's functions and ToolBench's ``step`` for them.
+
+    Stateless between steps (ToolBench's environment only remembers whether ``Finish`` gave
+    an answer, which the search reads from the status code), so one instance serves every
+    branch of a search.
+    """
+
+    def __init__(
+        self,
+        query: str,
+        functions: list[dict],
+        routes: Mapping[str, ApiRoute],
+        task_description: str,
+        max_observation_length: int = MAX_OBSERVATION_LENGTH,
+    ):
+        if max_observation_length < 1:
+            raise ValueError("max_observation_length must be at least 1")
+        self.query = query
+        self.functions = functions
+        self.routes = dict(routes)
+        self.task_description = task_description
+        self.max_observation_length = max_observation_length
+
+    @classmethod
+    def from_query(
+        cls,
+        query: Mapping,
+        tool_descriptions: Mapping[str, str] | None = None,
+        max_observation_length: int = MAX_OBSERVATION_LENGTH,
+    ) -> QueryEnv:
+        """The environment of a test-instruction query (``query`` and ``api_list``)."""
+        if not isinstance(query.get("query"), str):
+            raise ValueError("a query needs a 'query' text")
+        apis = query.get("api_list")
+        if not isinstance(apis, list):
+            raise ValueError("a query needs an 'api_list'")
+        described = tool_descriptions or {}
+        functions, routes, tools = [], {}, []
+        for api in apis:
+            tool = standardize(api["tool_name"])
+            function = api_function(api, tool)
+            functions.append(function)
+            routes.setdefault(
+                function["name"],
+                ApiRoute(api["category_name"], tool, api_name_of(api["api_name"])),
+            )
+            tools.append((tool, described.get(tool, "")))
+        functions.append(json.loads(json.dumps(FINISH_FUNCTION)))
+        return cls(
+            query["query"], functions, routes, task_description(tools), max_observation_length
+        )
+
+    def initial_messages(self) -> list[dict]:
+        """The system and user messages every chain starts from."""
+        system = SYSTEM_PROMPT.replace("{task_description}", self.task_description)
+        user = USER_PROMPT.replace("{input_description}", self.query)
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    def step(
+        self, name: str, arguments: str
+    ) -> Generator[ToolRequest, Observation, tuple[str, int]]:
+        """Run one call: ``observation, status = yield from env.step(name, arguments)``.
+
+        The observation is cut to ``max_observation_length`` characters plus ``...``.
+        """
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments)
+        observation, status = yield from self._step(name, arguments)
+        if len(observation) > self.max_observation_length:
+            observation = observation[: self.max_observation_length] + "..."
+        return observation, status
+
+    def _step(
+        self, name: str, arguments: str
+    ) -> Generator[ToolRequest, Observation, tuple[str, int]]:
+        if name == FINISH:
+            return finish(arguments)
+        route = self._route(name)
+        if route is None:
+            text = json.dumps({"error": f"No such function name: {name}", "response": ""})
+            return text, NO_SUCH_FUNCTION
+        try:
+            tool_input = parse_tool_input(arguments)
+        except ValueError:
+            return json.dumps({"error": TOOL_INPUT_ERROR, "response": ""}), OK
+        observation = yield ToolRequest(route.category, route.tool_name, route.api_name, tool_input)
+        # ToolBench's client writes the server's answer with json.dumps' defaults
+        text = json.dumps({"error": observation.error, "response": observation.response})
+        return text, observation.status
+
+    def _route(self, name: str) -> ApiRoute | None:
+        """ToolBench's lookup: the first function whose name ends with ``name``."""
+        for function in self.functions:
+            if function["name"].endswith(name) and function["name"] in self.routes:
+                return self.routes[function["name"]]
+        return None
+
+
+def finish(arguments: str) -> tuple[str, int]:
+    """ToolBench's ``Finish``: the observation and status of its arguments. Arguments that
+    are not JSON are searched for ``"return_type": "`` and ``"final_answer": "`` as there."""
+    try:
+        data = json.loads(arguments, strict=False)
+    except ValueError:
+        data = _finish_fields(arguments)
+    if not isinstance(data, dict) or "return_type" not in data:
+        return _MUST_HAVE_RETURN_TYPE, BAD_INPUT
+    if data["return_type"] == GIVE_UP_AND_RESTART:
+        return _GAVE_UP, GIVE_UP
+    if data["return_type"] == GIVE_ANSWER:
+        if "final_answer" not in data:
+            return _MUST_HAVE_FINAL_ANSWER, BAD_INPUT
+        return _ANSWERED, FINAL_ANSWER
+    return _INVALID_RETURN_TYPE, BAD_INPUT
+
+
+def _finish_fields(text: str) -> dict:
+    fields: dict = {}
+    key = '"return_type": "'
+    if key in text:
+        if f"{key}{GIVE_ANSWER}" + '"' in text:
+            fields["return_type"] = GIVE_ANSWER
+        elif f"{key}{GIVE_UP_AND_RESTART}" + '"' in text:
+            fields["return_type"] = GIVE_UP_AND_RESTART
+        else:
+            fields["return_type"] = text[text.find(key) + len(key) : text.find('",')]
+    key = '"final_answer": "'
+    if key in text:
+        fields["final_answer"] = text[text.find(key) + len(key) :]
+    return fields
