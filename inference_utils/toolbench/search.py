@@ -290,7 +290,8 @@ class _Run:
 
     def decide(self, messages: list[dict]) -> Generator[Request, object, dict | None]:
         """The policy's next message, counting its LLM calls; ``None`` when it would go past
-        the cap (the policy is stopped before that request)."""
+        the cap (the policy is stopped before that request). An error thrown in for a
+        request (a model that failed) is thrown into the policy, which may handle it."""
         seen = [dict(m) for m in messages if m.get("valid") is not False]
         decision = self.policy.decide(seen, self.env.functions)
         try:
@@ -300,8 +301,12 @@ class _Run:
                     if self.at_cap:
                         return None
                     self.query_count += 1
-                reply = yield request
-                request = decision.send(reply)
+                try:
+                    reply = yield request
+                except Exception as exc:  # a call that failed: the policy may handle it
+                    request = decision.throw(exc)
+                else:
+                    request = decision.send(reply)
         except StopIteration as stop:
             return _checked(stop.value)
         finally:
