@@ -945,6 +945,8 @@ def test_policy_gets_copies_and_must_return_an_assistant_message() -> None:
 
     with pytest.raises(ValueError, match="assistant message"):
         drive(dfs(Wrong(), toy_env()), echo)
+    with pytest.raises(ValueError, match="a thought or a function call"):
+        drive(dfs(Scripted([{"role": "assistant", "content": None}]), toy_env()), echo)
 
 
 # --------------------------------------------------------------------------------------------

@@ -345,6 +345,9 @@ def _checked(message: object) -> dict:
     if not isinstance(message, dict) or message.get("role") != "assistant":
         raise ValueError(f"a policy must return an assistant message, not {message!r}")
     call = message.get("function_call")
+    if call is None and message.get("content") is None:
+        # ToolBench fails on such a message or asks again from the same node without end
+        raise ValueError("a policy must return a thought or a function call")
     if call is not None:
         if not isinstance(call, dict) or not isinstance(call.get("name"), str):
             raise ValueError(f"a function_call needs a name: {call!r}")
