@@ -1,4 +1,5 @@
-"""The task graph executor: dependency order, lane limits, failures, growth while running."""
+"""The task graph executor: dependency order, lane limits, failures, growth while running,
+timeouts that abandon a hung task, and tasks added from another thread while it runs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import time
 
 import pytest
 
-from inference_utils.dag import DependencyFailed, TaskGraph, UnschedulableTasks
+from inference_utils.dag import (
+    DependencyFailed,
+    TaskGraph,
+    TaskTimeout,
+    UnschedulableTasks,
+)
 
 
 class Gauge:
@@ -167,3 +173,90 @@ def test_bad_arguments_are_refused() -> None:
         TaskGraph(max_workers=0)
     with pytest.raises(ValueError, match="at least 1"):
         TaskGraph(lanes={"a": 0})
+    with pytest.raises(ValueError, match="timeout must be positive"):
+        graph.add("y", lambda: 0, timeout=0)
+
+
+# Every wait below is bounded: a hung task waits on ``release`` (set when the test ends), and
+# each run must return well within BOUND seconds of a 0.2 s timeout.
+BOUND = 10.0
+
+
+@pytest.fixture
+def release():
+    event = threading.Event()
+    yield event
+    event.set()  # lets the abandoned threads finish
+
+
+def test_a_task_past_its_timeout_fails_and_its_thread_is_abandoned(release) -> None:
+    threads: list[threading.Thread] = []
+
+    def hang():
+        threads.append(threading.current_thread())
+        release.wait(timeout=30)
+        return "too late"
+
+    graph = TaskGraph(max_workers=1)  # the one worker hangs: the others need a new thread
+    graph.add("hang", hang, timeout=0.2)
+    graph.add("after", lambda: "ran")
+    graph.add("child", lambda x: x, deps=["hang"])
+    start = time.monotonic()
+    outcome = graph.run()
+    assert time.monotonic() - start < BOUND
+    assert isinstance(outcome.errors["hang"], TaskTimeout)
+    assert "timed out after 0.2 s" in str(outcome.errors["hang"])
+    assert isinstance(outcome.errors["child"], DependencyFailed)
+    assert outcome.results == {"after": "ran"}
+    assert threads[0].is_alive() and threads[0].daemon  # never joined, never blocks exit
+    release.set()
+    threads[0].join(timeout=BOUND)
+    assert not threads[0].is_alive()  # it leaves once its call returns
+
+
+def test_a_timeout_counts_from_when_the_task_starts() -> None:
+    graph = TaskGraph(max_workers=1)
+    graph.add("first", lambda: time.sleep(1.5) or "slept")
+    graph.add("second", lambda: "ran", timeout=0.5)  # waits 1.5 s for the one worker
+    outcome = graph.run()
+    assert outcome.errors == {}
+    assert outcome.results == {"first": "slept", "second": "ran"}
+
+
+def test_tasks_added_from_another_thread_while_a_streaming_graph_runs() -> None:
+    graph = TaskGraph(max_workers=2, streaming=True)
+    first_ran, third_ran = threading.Event(), threading.Event()
+    graph.add("first", lambda: first_ran.set() or 1)
+    runner = threading.Thread(target=graph.run)
+    runner.start()
+    assert first_ran.wait(timeout=BOUND)  # ran before the rest of the graph exists
+    graph.add("second", lambda x: x + 1, deps=["first"])
+    graph.add("third", lambda x: third_ran.set() or x * 10, deps=["second"])
+    assert third_ran.wait(timeout=BOUND)
+    runner.join(timeout=0.2)
+    assert runner.is_alive()  # every task is done, but it waits for close()
+    graph.close()
+    runner.join(timeout=BOUND)
+    assert not runner.is_alive()
+    assert graph.outcome.results == {"first": 1, "second": 2, "third": 20}
+
+
+def test_a_streaming_graph_closed_with_a_missing_dependency_is_unschedulable() -> None:
+    graph = TaskGraph(streaming=True)
+    graph.add("orphan", lambda x: x, deps=["never"])
+    threading.Timer(0.1, graph.close).start()
+    with pytest.raises(UnschedulableTasks, match="'orphan'"):
+        graph.run()
+
+
+def test_a_failing_callback_ends_the_run_without_waiting_for_running_tasks(release) -> None:
+    def explode(graph, key, result):
+        raise RuntimeError("callback broke")
+
+    graph = TaskGraph(max_workers=2, on_done=explode)
+    graph.add("slow", lambda: release.wait(timeout=30))
+    graph.add("quick", lambda: 1)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="callback broke"):
+        graph.run()
+    assert time.monotonic() - start < BOUND
