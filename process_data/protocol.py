@@ -5,10 +5,13 @@ The prompt templates, the role prefixes and the ``Next: ...`` markers are part o
 format (X-PLUG/Multi-LLM-Agent, ``GLPFT/utils/prompt_lib.py`` and its ``process_data``
 scripts): they appear verbatim in every α-UMi training file, so they are reproduced exactly.
 
+ToolBench's agent prompts (the system, user and diversity messages of its searches) and its
+``Finish`` function live here too.
+
 Every parser of a model's output lives here: :func:`parse_decision` (planner and backbone
-outputs), :func:`parse_action` (caller outputs) and :func:`read_step` (α-UMi's evaluator's
-reading of a step). Each formatter of a model's output has its inverse among them, and the
-pairs are tested as inverses.
+outputs), :func:`parse_action` (caller outputs), :func:`read_finish` (``Finish`` arguments)
+and :func:`read_step` (α-UMi's evaluator's reading of a step). Each formatter of a model's
+output has its inverse among them, and the pairs are tested as inverses.
 
 The literal ``</s>`` below is α-UMi's *history separator*, a piece of text inside the prompt
 string. It is not the tokenizer's end-of-sequence token, which always comes from the tokenizer.
@@ -464,3 +467,92 @@ def read_step(text: str) -> StepReading:
         if ACTION_INPUT_KEY in action:
             action = action[: action.index(ACTION_INPUT_KEY)].strip()
     return StepReading("call", action, action_input)
+
+
+# --------------------------------------------------------------------------------------------
+# ToolBench's agent prompts, its Finish function and the reading of Finish arguments
+# --------------------------------------------------------------------------------------------
+# The real-time agent's answer files carry these texts in their messages, and ToolEval and
+# the training data read them back, so they are ToolBench's, byte for byte.
+
+# ToolBench's ReAct_prompts.py FORMAT_INSTRUCTIONS_SYSTEM_FUNCTION / _USER_FUNCTION and the
+# task description rapidapi.py writes into it.
+SYSTEM_PROMPT = """You are AutoGPT, you can use many tools(functions) to do the following task.
+First I will give you the task description, and your task start.
+At each step, you need to give your thought to analyze the status now and what to do next, with a function call to actually excute your step.
+After the call, you will get the call result, and you are now in a new state.
+Then you will analyze your status now, then decide what to do next...
+After many (Thought-call) pairs, you finally perform the task, then you can give your finial answer.
+Remember: 
+1.the state change is irreversible, you can't go back to one of the former state, if you want to restart the task, say "I give up and restart".
+2.All the thought is short, at most in 5 sentence.
+3.You can do more then one trys, so if your plan is to continusly try some conditions, you can do one of the conditions per try.
+Let's Begin!
+Task description: {task_description}"""  # noqa: E501, W291
+USER_PROMPT = """
+{input_description}
+Begin!
+"""
+TASK_DESCRIPTION = """You should use functions to help handle the real time user querys. Remember:
+1.ALWAYS call "Finish" function at the end of the task. And the final answer should contain enough information to show to the user,If you can't handle the task, or you find that function calls always fail(the function is not valid now), use function Finish->give_up_and_restart.
+2.Do not use origin tool names, use only subfunctions' names.
+You have access of the following tools:
+"""  # noqa: E501
+
+# ToolBench's Tree_search_prompts.py DIVERSITY_PROMPT.
+DIVERSITY_PROMPT = """This is not the first time you try this task, all previous trails failed.
+Before you generate my thought for this state, I will first show you your previous actions for this state, and then you must generate actions that is different from all of them. Here are some previous actions candidates:
+{previous_candidate}
+Remember you are now in the intermediate state of a trail, you will first analyze the now state and previous action candidates, then make actions that is different from all the previous."""  # noqa: E501
+
+FINISH_FUNCTION: dict = {
+    "name": FINISH,
+    "description": (
+        "If you believe that you have obtained a result that can answer the task, please call "
+        "this function to provide the final answer. Alternatively, if you recognize that you "
+        "are unable to proceed with the task in the current state, call this function to "
+        "restart. Remember: you must ALWAYS call this function at the end of your attempt, and "
+        "the only part that will be shown to the user is the final answer, so it should contain "
+        "sufficient information."
+    ),
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "return_type": {"type": "string", "enum": [GIVE_ANSWER, GIVE_UP_AND_RESTART]},
+            "final_answer": {
+                "type": "string",
+                "description": "The final answer you want to give the user. You should have "
+                'this field if "return_type"=="give_answer"',
+            },
+        },
+        "required": ["return_type"],
+    },
+}
+
+
+def read_finish(arguments: str) -> object:
+    """The fields of a ``Finish`` call's arguments as ToolBench reads them: JSON (control
+    characters allowed), else the text searched for ``"return_type": "`` and
+    ``"final_answer": "``. The result need not be an object; the caller checks."""
+    try:
+        return json.loads(arguments, strict=False)
+    except ValueError:
+        return _finish_fields(arguments)
+
+
+def _finish_fields(text: str) -> dict:
+    """ToolBench's reading of ``Finish`` arguments that are not JSON: the text after
+    ``"return_type": "`` and after ``"final_answer": "``."""
+    fields: dict = {}
+    key = '"return_type": "'
+    if key in text:
+        if f"{key}{GIVE_ANSWER}" + '"' in text:
+            fields["return_type"] = GIVE_ANSWER
+        elif f"{key}{GIVE_UP_AND_RESTART}" + '"' in text:
+            fields["return_type"] = GIVE_UP_AND_RESTART
+        else:
+            fields["return_type"] = text[text.find(key) + len(key) : text.find('",')]
+    key = '"final_answer": "'
+    if key in text:
+        fields["final_answer"] = text[text.find(key) + len(key) :]
+    return fields

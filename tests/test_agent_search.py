@@ -27,7 +27,6 @@ from conftest import SHARED, STB_ANSWERS, TOOLBENCH_EXAMPLE, read_json
 
 from inference_utils.toolbench.answers import answer_json, answer_path, write_answer
 from inference_utils.toolbench.functions import (
-    FINISH_FUNCTION,
     TOOL_INPUT_ERROR,
     ApiRoute,
     QueryEnv,
@@ -36,7 +35,6 @@ from inference_utils.toolbench.functions import (
 )
 from inference_utils.toolbench.requests import Generate, ToolRequest
 from inference_utils.toolbench.search import (
-    DIVERSITY_PROMPT,
     Node,
     SearchResult,
     cot,
@@ -47,6 +45,7 @@ from inference_utils.toolbench.search import (
 )
 from inference_utils.toolclient import Observation
 from inference_utils.tooleval.convert import convert_dir
+from process_data.protocol import DIVERSITY_PROMPT, FINISH_FUNCTION
 from process_data.toolbench.pipeline import Options, from_answer
 from process_data.toolbench.stage1 import AnswerFile, to_stage1
 from process_data.toolbench.stage2 import to_stage2

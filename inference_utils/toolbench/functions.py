@@ -34,10 +34,15 @@ from inference_utils.toolclient import Observation
 from inference_utils.toolserver.service import parse_tool_input
 from process_data.protocol import (
     FINISH,
+    FINISH_FUNCTION,
     GIVE_ANSWER,
     GIVE_UP_AND_RESTART,
+    SYSTEM_PROMPT,
+    TASK_DESCRIPTION,
+    USER_PROMPT,
     api_name_of,
     function_name,
+    read_finish,
     standardize,
 )
 
@@ -52,54 +57,6 @@ TOOL_DESCRIPTION_MAX_LENGTH = 512
 OK, NO_SUCH_FUNCTION, BAD_INPUT, FINAL_ANSWER, GIVE_UP = 0, 1, 2, 3, 4
 
 _PARAM_TYPES = {"NUMBER": "integer", "STRING": "string", "BOOLEAN": "boolean"}
-
-FINISH_FUNCTION: dict = {
-    "name": FINISH,
-    "description": (
-        "If you believe that you have obtained a result that can answer the task, please call "
-        "this function to provide the final answer. Alternatively, if you recognize that you "
-        "are unable to proceed with the task in the current state, call this function to "
-        "restart. Remember: you must ALWAYS call this function at the end of your attempt, and "
-        "the only part that will be shown to the user is the final answer, so it should contain "
-        "sufficient information."
-    ),
-    "parameters": {
-        "type": "object",
-        "properties": {
-            "return_type": {"type": "string", "enum": [GIVE_ANSWER, GIVE_UP_AND_RESTART]},
-            "final_answer": {
-                "type": "string",
-                "description": "The final answer you want to give the user. You should have "
-                'this field if "return_type"=="give_answer"',
-            },
-        },
-        "required": ["return_type"],
-    },
-}
-
-# ToolBench's ReAct_prompts.py FORMAT_INSTRUCTIONS_SYSTEM_FUNCTION / _USER_FUNCTION and the
-# task description rapidapi.py writes into it.
-SYSTEM_PROMPT = """You are AutoGPT, you can use many tools(functions) to do the following task.
-First I will give you the task description, and your task start.
-At each step, you need to give your thought to analyze the status now and what to do next, with a function call to actually excute your step.
-After the call, you will get the call result, and you are now in a new state.
-Then you will analyze your status now, then decide what to do next...
-After many (Thought-call) pairs, you finally perform the task, then you can give your finial answer.
-Remember: 
-1.the state change is irreversible, you can't go back to one of the former state, if you want to restart the task, say "I give up and restart".
-2.All the thought is short, at most in 5 sentence.
-3.You can do more then one trys, so if your plan is to continusly try some conditions, you can do one of the conditions per try.
-Let's Begin!
-Task description: {task_description}"""  # noqa: E501, W291
-USER_PROMPT = """
-{input_description}
-Begin!
-"""
-TASK_DESCRIPTION = """You should use functions to help handle the real time user querys. Remember:
-1.ALWAYS call "Finish" function at the end of the task. And the final answer should contain enough information to show to the user,If you can't handle the task, or you find that function calls always fail(the function is not valid now), use function Finish->give_up_and_restart.
-2.Do not use origin tool names, use only subfunctions' names.
-You have access of the following tools:
-"""  # noqa: E501
 
 # Observation texts of the steps answered here (ToolBench's, byte for byte).
 _MUST_HAVE_RETURN_TYPE = '{error:"must have "return_type""}'
@@ -302,11 +259,8 @@ class QueryEnv:
 
 def finish(arguments: str) -> tuple[str, int]:
     """ToolBench's ``Finish``: the observation and status of its arguments. Arguments that
-    are not JSON are searched for ``"return_type": "`` and ``"final_answer": "`` as there."""
-    try:
-        data = json.loads(arguments, strict=False)
-    except ValueError:
-        data = _finish_fields(arguments)
+    are read by :func:`process_data.protocol.read_finish`, as there."""
+    data = read_finish(arguments)
     if not isinstance(data, dict) or "return_type" not in data:
         return _MUST_HAVE_RETURN_TYPE, BAD_INPUT
     if data["return_type"] == GIVE_UP_AND_RESTART:
@@ -316,19 +270,3 @@ def finish(arguments: str) -> tuple[str, int]:
             return _MUST_HAVE_FINAL_ANSWER, BAD_INPUT
         return _ANSWERED, FINAL_ANSWER
     return _INVALID_RETURN_TYPE, BAD_INPUT
-
-
-def _finish_fields(text: str) -> dict:
-    fields: dict = {}
-    key = '"return_type": "'
-    if key in text:
-        if f"{key}{GIVE_ANSWER}" + '"' in text:
-            fields["return_type"] = GIVE_ANSWER
-        elif f"{key}{GIVE_UP_AND_RESTART}" + '"' in text:
-            fields["return_type"] = GIVE_UP_AND_RESTART
-        else:
-            fields["return_type"] = text[text.find(key) + len(key) : text.find('",')]
-    key = '"final_answer": "'
-    if key in text:
-        fields["final_answer"] = text[text.find(key) + len(key) :]
-    return fields

@@ -31,7 +31,7 @@ from typing import Protocol
 
 from inference_utils.toolbench.functions import FINAL_ANSWER, GIVE_UP, NO_SUCH_FUNCTION, QueryEnv
 from inference_utils.toolbench.requests import Generate, Request
-from process_data.protocol import HALLUCINATED_NAME
+from process_data.protocol import DIVERSITY_PROMPT, HALLUCINATED_NAME
 
 THOUGHT, ACTION, ACTION_INPUT = "Thought", "Action", "Action Input"
 #: ToolBench's ``single_chain_max_step``: the deepest node of a chain.
@@ -44,12 +44,6 @@ FINAL_ANSWER_BACK_LENGTH = 2
 PRUNE_BACK_LENGTH = 2
 _UNWIND_AT_CAP = 100000
 _UNWIND_ANSWERED = 10000
-
-# ToolBench's Tree_search_prompts.py DIVERSITY_PROMPT.
-DIVERSITY_PROMPT = """This is not the first time you try this task, all previous trails failed.
-Before you generate my thought for this state, I will first show you your previous actions for this state, and then you must generate actions that is different from all of them. Here are some previous actions candidates:
-{previous_candidate}
-Remember you are now in the intermediate state of a trail, you will first analyze the now state and previous action candidates, then make actions that is different from all the previous."""  # noqa: E501
 
 
 class Policy(Protocol):
