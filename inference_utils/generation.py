@@ -18,14 +18,26 @@ leading special tokens) beyond ``max_input_length`` tokens. Two ways to batch:
   static cache.
 * ``reuse_prefixes=False``: batches sorted by length, left-padded, prefilled together.
 
-Either way a call's outputs depend only on its prompts and settings, not on earlier calls.
+An agent asks each role for a new output every turn, with a prompt that starts with most of
+the previous turn's (the α-UMi templates put their fixed instructions after the history, so
+the shared part ends inside it). ``generate(role, prompts, sessions)`` therefore keeps, per
+(role, session), the KV cache of the session's last prompt, and the next prompt of that
+session is prefilled from it where it is longer than the prefix shared with the previous
+prompt of the call. The kept caches are bounded (``max_sessions``, ``max_session_bytes``,
+least recently used first out); ``release(sessions)`` drops them when a query ends. Sessions
+apply with ``reuse_prefixes=True`` on models whose cache can be cropped, and are ignored
+otherwise.
+
+Either way a call's outputs depend only on its prompts and settings: earlier calls of a
+session only save work.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -48,10 +60,101 @@ class GenerationSettings:
     top_p: float = 1.0
     seed: int = 0
     dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    max_sessions: int = 256  # KV caches kept between calls, one per (role, session)
+    max_session_bytes: int = 4 * 2**30  # and the memory they may hold together
 
 
 class RoleModels(Protocol):
-    def generate(self, role: str, prompts: Sequence[str]) -> list[str]: ...
+    def generate(
+        self, role: str, prompts: Sequence[str], sessions: Sequence[Hashable | None] | None = None
+    ) -> list[str]: ...
+
+    def release(self, sessions: Iterable[Hashable]) -> None: ...
+
+
+@dataclass
+class PrefillStats:
+    """Prompt tokens the model computed, and those taken from a KV cache computed before
+    instead: what prefix reuse saves. Together they count every prompt token."""
+
+    prefilled_tokens: int = 0
+    reused_tokens: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, prefilled: int, reused: int) -> None:
+        with self._lock:
+            self.prefilled_tokens += prefilled
+            self.reused_tokens += reused
+
+
+@dataclass(frozen=True)
+class KeptCache:
+    """The states of ``ids``: each layer's (keys, values), batch 1, never written to."""
+
+    ids: tuple[int, ...]
+    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    nbytes: int
+
+
+class SessionCaches:
+    """The KV cache of each session's last prompt, kept between calls, so that a prompt that
+    grows turn after turn is prefilled only where it is new.
+
+    Beyond ``max_sessions`` caches or ``max_bytes`` in all, the least recently used go first;
+    a session whose cache is gone just prefills from scratch."""
+
+    def __init__(self, max_sessions: int, max_bytes: int):
+        self.max_sessions = max_sessions
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._kept: OrderedDict[Hashable, KeptCache] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._kept
+
+    def get(self, key: Hashable) -> KeptCache | None:
+        with self._lock:
+            kept = self._kept.get(key)
+            if kept is not None:
+                self._kept.move_to_end(key)
+            return kept
+
+    def put(
+        self, key: Hashable, ids: Sequence[int], layers: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    ) -> None:
+        """Keep ``layers`` as the states of ``ids`` for ``key``. A cropped view is copied, so
+        that the memory held is what is counted."""
+        layers = tuple((_owned(k), _owned(v)) for k, v in layers)
+        nbytes = sum(k.nbytes + v.nbytes for k, v in layers)
+        with self._lock:
+            self._drop(key)
+            if nbytes > self.max_bytes or self.max_sessions < 1:
+                return
+            self._kept[key] = KeptCache(tuple(ids), layers, nbytes)
+            self.nbytes += nbytes
+            while len(self._kept) > self.max_sessions or self.nbytes > self.max_bytes:
+                self._drop(next(iter(self._kept)))
+
+    def release(self, keys: Iterable[Hashable]) -> None:
+        with self._lock:
+            for key in keys:
+                self._drop(key)
+
+    def _drop(self, key: Hashable) -> None:
+        kept = self._kept.pop(key, None)
+        if kept is not None:
+            self.nbytes -= kept.nbytes
+
+
+def _owned(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a copy of it where it is a view into a larger block of memory."""
+    if t.untyped_storage().nbytes() == t.nbytes:
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -105,9 +208,16 @@ def _decoding(settings: GenerationSettings, tokenizer: Any, pad: int) -> dict[st
 
 
 def generate_batched(
-    model: Any, tokenizer: Any, prompts: Sequence[str], settings: GenerationSettings
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    settings: GenerationSettings,
+    sessions: Sequence[Hashable | None] | None = None,
+    kept: SessionCaches | None = None,
+    stats: PrefillStats | None = None,
 ) -> list[str]:
-    """Greedy (or seeded sampling) generation for many prompts, in input order."""
+    """Greedy (or seeded sampling) generation for many prompts, in input order; a prompt
+    with a session starts from, and leaves, that session's cache in ``kept``."""
     special = set(tokenizer.all_special_ids)
     ids = [
         fit(
@@ -118,18 +228,28 @@ def generate_batched(
         ).input_ids
         for p in prompts
     ]
-    return generate_from_ids(model, tokenizer, ids, settings)
+    return generate_from_ids(model, tokenizer, ids, settings, sessions, kept, stats)
 
 
 def generate_from_ids(
-    model: Any, tokenizer: Any, ids: Sequence[list[int]], settings: GenerationSettings
+    model: Any,
+    tokenizer: Any,
+    ids: Sequence[list[int]],
+    settings: GenerationSettings,
+    sessions: Sequence[Hashable | None] | None = None,
+    kept: SessionCaches | None = None,
+    stats: PrefillStats | None = None,
 ) -> list[str]:
     """The texts generated after each prompt (token ids), in input order."""
+    if sessions is not None and len(sessions) != len(ids):
+        raise ValueError(f"{len(sessions)} sessions for {len(ids)} prompts")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id)
     if settings.reuse_prefixes and _croppable(model):
-        new = generate_reusing_prefixes(model, tokenizer, ids, settings, pad)
+        new = generate_reusing_prefixes(model, tokenizer, ids, settings, pad, sessions, kept, stats)
     else:
         new = generate_padded(model, tokenizer, ids, settings, pad)
+        if stats is not None:
+            stats.add(sum(len(x) for x in ids), 0)
     return [clean_output(tokenizer.decode(x, skip_special_tokens=True)) for x in new]
 
 
@@ -183,17 +303,33 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def generate_reusing_prefixes(
-    model: Any, tokenizer: Any, ids: Sequence[list[int]], settings: GenerationSettings, pad: int
+    model: Any,
+    tokenizer: Any,
+    ids: Sequence[list[int]],
+    settings: GenerationSettings,
+    pad: int,
+    sessions: Sequence[Hashable | None] | None = None,
+    kept: SessionCaches | None = None,
+    stats: PrefillStats | None = None,
 ) -> list[list[int]]:
     """New tokens for each prompt.
 
     Prompts are prefilled one by one, in input order, unpadded, each reusing the KV cache of
-    the prefix it shares with the previous prompt. Then each run of up to ``batch_size``
-    consecutive prompts decodes together from one left-padded static cache, so decoding
-    steps are batched while no prompt token is computed twice."""
+    the prefix it shares with the previous prompt, or with its session's last prompt where
+    that is longer. Then each run of up to ``batch_size`` consecutive prompts decodes
+    together from one left-padded static cache, so decoding steps are batched while no
+    prompt token is computed twice.
+
+    A session keeps the very tensors of the trunk: the trunk only ever rebinds its layers
+    (cropping slices, prefilling concatenates), and decoding copies them into its own cache,
+    so nothing writes into a kept cache."""
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
+    if sessions is None or kept is None:
+        sessions = [None] * len(ids)
+    # taken first, so that a cache the call needs is not evicted by an earlier prompt's
+    owns = [kept.get(s) if s is not None else None for s in sessions]
     trunk, trunk_ids = DynamicCache(config=model.config), []
     out: list[list[int]] = []  # groups are consecutive
     for group in runs([len(x) for x in ids], settings.batch_size, settings.max_batch_tokens):
@@ -201,10 +337,15 @@ def generate_reusing_prefixes(
         for i in group:
             head = ids[i][:-1]
             keep = common_prefix(trunk_ids, head)
-            if keep == 0:
+            session, own, owns[i] = sessions[i], owns[i], None
+            if own is not None and common_prefix(own.ids, head) > keep:
+                keep = common_prefix(own.ids, head)
+                trunk = _cache_from(model, own.layers, keep)
+            elif keep == 0:
                 trunk = DynamicCache(config=model.config)
             elif keep < trunk.get_seq_length():
                 trunk.crop(keep - trunk.get_seq_length())
+            del own  # the session's previous cache, freed once this prompt's replaces it
             if len(head) > keep:
                 with torch.no_grad():
                     model(
@@ -214,12 +355,30 @@ def generate_reusing_prefixes(
                         logits_to_keep=1,
                     )
             trunk_ids = head
-            heads.append([(layer.keys, layer.values) for layer in trunk.layers] if head else None)
+            layers = [(layer.keys, layer.values) for layer in trunk.layers] if head else None
+            heads.append(list(layers) if layers else None)  # emptied by _left_padded_cache
+            if session is not None:
+                if layers:
+                    kept.put(session, head, layers)
+                else:
+                    kept.release([session])
+            if stats is not None:
+                stats.add(len(ids[i]) - keep, keep)
         width = max(len(ids[i]) for i in group)
         cache = _left_padded_cache(model, heads, width - 1, width + settings.max_new_tokens)
         out.extend(_generate_rows(model, tokenizer, ids, group, settings, pad, cache))
         del cache  # before the next run's cache is built
     return out
+
+
+def _cache_from(model: Any, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], n: int) -> Any:
+    """A new dynamic cache holding copies of the first ``n`` positions of ``layers``."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    for index, (keys, values) in enumerate(layers):
+        cache.update(keys[..., :n, :], values[..., :n, :], index)
+    return cache
 
 
 def _croppable(model: Any) -> bool:
@@ -271,6 +430,8 @@ class HFModels:
     def __init__(self, paths: dict[str, str], settings: GenerationSettings):
         self.settings = settings
         self.paths = paths
+        self.stats = PrefillStats()
+        self.sessions = SessionCaches(settings.max_sessions, settings.max_session_bytes)
         self._loaded: dict[str, tuple[Any, Any]] = {}
 
     def _model(self, role: str) -> tuple[Any, Any]:
@@ -279,9 +440,20 @@ class HFModels:
             self._loaded[path] = _load(path, self.settings)
         return self._loaded[path]
 
-    def generate(self, role: str, prompts: Sequence[str]) -> list[str]:
+    def generate(
+        self, role: str, prompts: Sequence[str], sessions: Sequence[Hashable | None] | None = None
+    ) -> list[str]:
+        """Outputs for ``prompts``; a prompt's session (None: none) carries its KV cache to
+        the session's next prompt for this role."""
         model, tokenizer = self._model(role)
-        return generate_batched(model, tokenizer, prompts, self.settings)
+        keys = _role_keys(role, sessions)
+        return generate_batched(
+            model, tokenizer, prompts, self.settings, keys, self.sessions, self.stats
+        )
+
+    def release(self, sessions: Iterable[Hashable]) -> None:
+        """Drop the caches kept for ``sessions``, for every role."""
+        self.sessions.release(_role_keys_all(self.paths, sessions))
 
 
 class LoRAModels:
@@ -303,10 +475,37 @@ class LoRAModels:
         for role in roles[1:]:
             self.model.load_adapter(adapters[role], adapter_name=role)
         self.model.eval()
+        self.roles = roles
+        self.stats = PrefillStats()
+        self.sessions = SessionCaches(settings.max_sessions, settings.max_session_bytes)
 
-    def generate(self, role: str, prompts: Sequence[str]) -> list[str]:
+    def generate(
+        self, role: str, prompts: Sequence[str], sessions: Sequence[Hashable | None] | None = None
+    ) -> list[str]:
+        """Outputs for ``prompts`` through ``role``'s adapter; caches are kept per (adapter,
+        session), the states of one adapter being wrong for another."""
         self.model.set_adapter(role)
-        return generate_batched(self.model, self.tokenizer, prompts, self.settings)
+        keys = _role_keys(role, sessions)
+        return generate_batched(
+            self.model, self.tokenizer, prompts, self.settings, keys, self.sessions, self.stats
+        )
+
+    def release(self, sessions: Iterable[Hashable]) -> None:
+        """Drop the caches kept for ``sessions``, for every adapter."""
+        self.sessions.release(_role_keys_all(self.roles, sessions))
+
+
+def _role_keys(
+    role: str, sessions: Sequence[Hashable | None] | None
+) -> list[tuple[str, Hashable] | None] | None:
+    if sessions is None:
+        return None
+    return [None if s is None else (role, s) for s in sessions]
+
+
+def _role_keys_all(roles: Iterable[str], sessions: Iterable[Hashable]) -> list[tuple]:
+    sessions = list(sessions)
+    return [(role, s) for role in roles for s in sessions]
 
 
 class ChatModel:
