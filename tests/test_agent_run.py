@@ -10,12 +10,18 @@ model, through a recorder that notes each ``generate`` call.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Generator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import REPO, SHARED, free_port, kill_when, read_json, start_server, stop_server
+from fastapi import Request
+from fastapi.responses import JSONResponse
 from openai_gateway import Gateway, ScriptedEndpoint
 
 from GLPFT.models import TINY_LLAMA
@@ -23,7 +29,12 @@ from inference_utils.endpoints import Endpoint, EndpointClient, EndpointError
 from inference_utils.generation import GenerationSettings, HFModels
 from inference_utils.toolbench.agent import RunStats, run_searches
 from inference_utils.toolbench.requests import Generate, ToolRequest
+from inference_utils.toolbench.run_agent import main as run_agent_main
 from inference_utils.toolclient import REQUEST_FAILED, Observation, ToolClient
+from inference_utils.tooleval.convert import convert_dir
+from process_data.protocol import FINISH, format_action
+from process_data.toolbench.pipeline import Options, from_answer
+from process_data.toolbench.stage1 import AnswerFile
 
 # -- servers ------------------------------------------------------------------------------------
 
@@ -331,3 +342,300 @@ def test_stats_accumulate_over_runs(tiny_models: HFModels) -> None:
         for _ in range(2):
             run_searches({0: tools_only(0)}, tiny_models, tool_client(server.url), 1, stats=stats)
     assert stats.tool_calls == 4 and stats.finished == 2
+
+
+# -- the command, end to end ----------------------------------------------------------------------
+
+QUERIES = (
+    SHARED / "stabletoolbench" / "solvable_queries" / "test_instruction" / "G1_instruction.json"
+)
+FIVE = "86143,87632,86084,88193,84845"  # the five G1 queries with the shortest prompts
+SMOL = "smollm2-135m"
+ROLE_FLAGS = [f"--{r}_model_name_or_path={SMOL}" for r in ("planner", "caller", "summarizer")]
+BOUNDS = ["--max_new_tokens", "24", "--single_chain_max_step", "3", "--max_query_count", "8"]
+# One thread per process: on a busy 2-core machine two threads wait on each other.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def toolserver(tmp_path_factory) -> str:
+    """Our tool server on the StableToolBench G1 queries (cache, then offline simulator)."""
+    tmp = tmp_path_factory.mktemp("toolserver")
+    port = free_port()
+    cmd = [sys.executable, "-m", "inference_utils.toolserver", "--queries", str(QUERIES)]
+    cmd += ["--cache", str(tmp / "tools.sqlite"), "--port", str(port), "--log_level", "warning"]
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(cmd, f"{url}/health", tmp / "server.log", timeout=90)
+    yield f"{url}/virtual"
+    stop_server(proc)
+
+
+def agent(out: Path, toolserver: str, *flags: str, ids: str = FIVE) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "inference_utils.toolbench.run_agent",
+        "--queries",
+        str(QUERIES),
+        "--toolserver",
+        toolserver,
+        "--output_dir",
+        str(out),
+        "--query_ids",
+        ids,
+        *flags,
+    ]
+
+
+def run(cmd: list[str], code: int = 0, timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == code, proc.stderr[-3000:]
+    return proc
+
+
+def answers(out: Path, method: str) -> dict[str, str]:
+    """The answer files of a run, by name, as text."""
+    return {p.name: p.read_text() for p in sorted(out.glob(f"*_{method}.json"))}
+
+
+def check_answers(out: Path, method: str, ids: str = FIVE) -> dict[str, dict]:
+    """Every query has its answer file, in ToolBench's format: ToolEval's converter reads
+    them all and process_data converts the answered ones."""
+    files = {p.name.split("_")[0]: p for p in out.glob(f"*_{method}.json")}
+    assert sorted(files) == sorted(ids.split(","))
+    assert not list(out.glob(".*.tmp")), "a temporary file was left behind"
+    loaded = {qid: read_json(p) for qid, p in files.items()}
+    queries = {str(q["query_id"]): q for q in read_json(QUERIES)}
+    for qid, answer in loaded.items():
+        generation = answer["answer_generation"]
+        assert generation["query"] == queries[qid]["query"]
+        assert generation["function"][-1]["name"] == FINISH
+        assert generation["query_count"] <= 8
+        assert ("tree" if method.startswith("DFS") else "trys") in answer
+    converted = convert_dir(out, method)
+    assert sorted(converted) == sorted(files)
+    for qid, answer in loaded.items():
+        if answer["answer_generation"]["valid_data"]:
+            group = "G1"
+            result = from_answer(AnswerFile(str(files[qid]), group, qid), Options())
+            assert not result.problems, result.problems
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def dfs_run(tmp_path_factory, toolserver: str) -> Path:
+    out = tmp_path_factory.mktemp("dfs") / "answers"
+    run(agent(out, toolserver, *ROLE_FLAGS, *BOUNDS, "--concurrency", "5"))
+    return out
+
+
+def test_multi_llm_dfs_end_to_end_and_a_rerun_skips_everything(dfs_run: Path, toolserver) -> None:
+    loaded = check_answers(dfs_run, "DFS_woFilter_w2")
+    summary = read_json(dfs_run / "summary.json")
+    assert summary["queries"] == summary["run"] == 5 and summary["failed"] == 0
+    assert summary["answered"] + summary["gave_up"] + summary["no_answer"] == 5
+    assert summary["llm_calls"] == sum(
+        a["answer_generation"]["query_count"] for a in loaded.values()
+    )
+    assert summary["model_calls"] < summary["llm_calls"]  # batched across queries
+    assert set(summary["llm_calls_by_role"]) <= {"planner", "caller", "summarizer"}
+    before = answers(dfs_run, "DFS_woFilter_w2")
+    proc = run(agent(dfs_run, toolserver, *ROLE_FLAGS, *BOUNDS))
+    again = read_json(dfs_run / "summary.json")
+    assert again["skipped"] == 5 and again["run"] == 0 and again["llm_calls"] == 0
+    assert "5 done before" in proc.stderr
+    assert answers(dfs_run, "DFS_woFilter_w2") == before
+
+
+def test_answers_do_not_depend_on_concurrency(dfs_run: Path, toolserver, tmp_path) -> None:
+    """Three of the queries one at a time give the files they got in a batch of five."""
+    out = tmp_path / "one_at_a_time"
+    ids = "86143,87632,86084"
+    run(agent(out, toolserver, *ROLE_FLAGS, *BOUNDS, "--concurrency", "1", ids=ids))
+    alone, batched = answers(out, "DFS_woFilter_w2"), answers(dfs_run, "DFS_woFilter_w2")
+    assert len(alone) == 3 and alone == {name: batched[name] for name in alone}
+
+
+@pytest.fixture(scope="module")
+def cot_run(tmp_path_factory, toolserver: str) -> Path:
+    out = tmp_path_factory.mktemp("cot") / "answers"
+    run(agent(out, toolserver, *ROLE_FLAGS, *BOUNDS, "--method", "CoT@1", "--concurrency", "5"))
+    return out
+
+
+def test_cot_killed_mid_run_resumes_to_the_same_answers(
+    cot_run: Path, toolserver, tmp_path
+) -> None:
+    check_answers(cot_run, "CoT@1")
+    out = tmp_path / "killed"
+    cmd = agent(out, toolserver, *ROLE_FLAGS, *BOUNDS, "--method", "CoT@1", "--concurrency", "1")
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    kill_when(proc, lambda: bool(list(out.glob("*_CoT@1.json"))))
+    kept = answers(out, "CoT@1")
+    assert 1 <= len(kept) < 5
+    assert not list(out.glob(".*.tmp")), "a partial answer was left behind"
+    assert all(json.loads(text) for text in kept.values())
+    proc = run(cmd)
+    assert f"{len(kept)} done before" in proc.stderr
+    resumed = answers(out, "CoT@1")
+    assert {name: resumed[name] for name in kept} == kept  # finished answers were kept
+    assert resumed == answers(cot_run, "CoT@1")  # and the run ends as an uninterrupted one
+
+
+def test_single_llm_mode(toolserver, tmp_path) -> None:
+    out = tmp_path / "backbone"
+    ids = "86143,87632,86084"
+    run(agent(out, toolserver, f"--backbone_model_name_or_path={SMOL}", *BOUNDS, ids=ids))
+    check_answers(out, "DFS_woFilter_w2", ids)
+    summary = read_json(out / "summary.json")
+    assert set(summary["llm_calls_by_role"]) == {"backbone"} and summary["failed"] == 0
+
+
+def test_parallel_calls_is_refused_not_ignored(toolserver, tmp_path) -> None:
+    proc = run(agent(tmp_path, toolserver, *ROLE_FLAGS, "--parallel_calls"), code=2)
+    assert "--parallel_calls: not implemented yet" in proc.stderr
+
+
+# -- the command with scripted role endpoints -----------------------------------------------------
+
+
+class RoleEndpoint(Gateway):
+    """An OpenAI-compatible server (completions and chat) playing one role by a rule:
+    ``rule(text)`` gives the output for a prompt (for chat, the messages as JSON text).
+    Every prompt it is asked is kept; prompts holding ``fail_on`` are answered 503."""
+
+    def __init__(self, name: str, rule):
+        super().__init__(name, "http://127.0.0.1:9")
+        self.rule = rule
+        self.prompts: list = []
+        self.fail_on: str | None = None
+
+    async def _handle(self, path: str, request: Request) -> JSONResponse:
+        if request.method == "GET":
+            return JSONResponse({"object": "list", "data": [{"id": self.name}]})
+        body = await request.json()
+        self.posts += 1
+        f = self.faults
+        if f.fail_always or self.posts <= f.fail_first:
+            return JSONResponse({"error": {"message": "injected"}}, status_code=f.fail_status)
+        if self.fail_on is not None and self.fail_on in json.dumps(body):
+            return JSONResponse({"error": {"message": "injected"}}, status_code=503)
+        if "prompt" in body:
+            self.prompts.append(body["prompt"])
+            text = self.rule(body["prompt"])
+            return JSONResponse({"choices": [{"index": 0, "text": text}]})
+        self.prompts.append(body["messages"])
+        text = self.rule(json.dumps(body["messages"]))
+        message = {"role": "assistant", "content": text}
+        return JSONResponse({"choices": [{"index": 0, "message": message}]})
+
+
+BARCODE = "87632"  # "retrieving details for the barcode '543216789'", one API: code(code)
+CALL = format_action("code_for_barcode_monster", json.dumps({"code": "543216789"}))
+
+
+def planner_rule(prompt: str) -> str:
+    """Call the API first; conclude once an observation is in the history."""
+    if "observation: " in prompt or '"role": "tool"' in prompt:
+        return "The barcode details are in.\n Next: conclusion."
+    return "I should look the barcode up.\n Next: caller."
+
+
+def summarizer_rule(prompt: str) -> str:
+    """An answer quoting the start of the last observation."""
+    seen = prompt.rsplit("observation: ", 1)[-1].split("assistant: ")[0]
+    return "Details of barcode 543216789: " + seen[:80]
+
+
+@pytest.fixture
+def role_endpoints():
+    with (
+        RoleEndpoint("planner", planner_rule) as planner,
+        RoleEndpoint("caller", lambda prompt: CALL) as caller,
+        RoleEndpoint("summarizer", summarizer_rule) as summarizer,
+    ):
+        yield {"planner": planner, "caller": caller, "summarizer": summarizer}
+
+
+def endpoint_flags(endpoints: dict, *extra: str) -> list[str]:
+    flags = [f"--{role}_endpoint={e.url}" for role, e in endpoints.items()]
+    return [*flags, "--max_retries", "1", "--request_timeout", "20", *extra]
+
+
+@pytest.mark.parametrize("method", ["DFS_woFilter_w2", "CoT@1"])
+def test_endpoint_roles_answer_a_query_through_a_real_tool_call(
+    role_endpoints, toolserver, tmp_path, method: str
+) -> None:
+    out = tmp_path / "answers"
+    code = run_agent_main(
+        agent(out, toolserver, *endpoint_flags(role_endpoints), "--method", method, ids=BARCODE)[3:]
+    )
+    assert code == 0
+    answer = check_answers(out, method, BARCODE)[BARCODE]
+    generation = answer["answer_generation"]
+    assert generation["valid_data"] and generation["query_count"] == 4
+    chain = generation["train_messages"][-1]
+    call, observation, finish = chain[2], chain[3], chain[4]
+    assert call["function_call"] == {
+        "name": "code_for_barcode_monster",
+        "arguments": json.dumps({"code": "543216789"}),
+    }
+    assert observation["role"] == "function" and '"error": ""' in observation["content"]
+    final = json.loads(finish["function_call"]["arguments"])
+    assert final["return_type"] == "give_answer"
+    assert final["final_answer"].startswith("Details of barcode 543216789: ")
+    assert len(final["final_answer"]) > len("Details of barcode 543216789: ")
+    if method.startswith("DFS"):
+        assert generation["finish_type"] == "give_answer"
+    # process_data trains each role on exactly the prompt the agent sent it
+    path = out / f"{BARCODE}_{method}.json"
+    result = from_answer(AnswerFile(str(path), "G1", BARCODE), Options())
+    for role, endpoint in role_endpoints.items():
+        inputs = ["system: " + json.loads(s)["input"] for s in result.roles[role]]
+        assert inputs == endpoint.prompts, role
+    summary = read_json(out / "summary.json")
+    assert summary["answered"] == 1 and summary["tool_calls"] == 1
+
+
+def test_chat_endpoints_get_the_chat_format(role_endpoints, toolserver, tmp_path) -> None:
+    out = tmp_path / "answers"
+    flags = endpoint_flags(role_endpoints, "--endpoint_api", "chat")
+    assert run_agent_main(agent(out, toolserver, *flags, "--method", "CoT@1", ids=BARCODE)[3:]) == 0
+    answer = check_answers(out, "CoT@1", BARCODE)[BARCODE]
+    assert answer["answer_generation"]["valid_data"]
+    path = out / f"{BARCODE}_CoT@1.json"
+    result = from_answer(AnswerFile(str(path), "G1", BARCODE), Options(fmt="chat"))
+    for role, endpoint in role_endpoints.items():
+        inputs = [json.loads(s)["messages"][:-1] for s in result.roles[role]]
+        assert inputs == endpoint.prompts, role
+
+
+def test_a_tool_server_that_is_down_gives_error_observations(role_endpoints, tmp_path) -> None:
+    out = tmp_path / "answers"
+    down = f"http://127.0.0.1:{free_port()}/virtual"
+    flags = endpoint_flags(role_endpoints, "--tool_timeout", "5", "--tool_retries", "1")
+    assert run_agent_main(agent(out, down, *flags, "--method", "CoT@1", ids=BARCODE)[3:]) == 0
+    chain = read_json(out / f"{BARCODE}_CoT@1.json")["answer_generation"]["train_messages"][-1]
+    assert "request failed" in json.loads(chain[3]["content"])["error"]
+
+
+def test_a_failing_role_endpoint_fails_its_queries_and_a_rerun_retries_them(
+    role_endpoints, toolserver, tmp_path, capsys
+) -> None:
+    out = tmp_path / "answers"
+    ids = f"{BARCODE},86143"
+    role_endpoints["summarizer"].fail_on = "requires barcode information"  # one query's text
+    cmd = agent(out, toolserver, *endpoint_flags(role_endpoints), "--method", "CoT@1", ids=ids)
+    assert run_agent_main(cmd[3:]) == 3
+    summary = read_json(out / "summary.json")
+    assert summary["failed"] == 1 and list(summary["failures"]) == [BARCODE]
+    assert "EndpointError" in summary["failures"][BARCODE]
+    assert "query 87632 failed" in capsys.readouterr().err
+    assert [p.name for p in out.glob("*_CoT@1.json")] == ["86143_CoT@1.json"]
+    role_endpoints["summarizer"].fail_on = None
+    assert run_agent_main(cmd[3:]) == 0
+    summary = read_json(out / "summary.json")
+    assert summary["skipped"] == 1 and summary["run"] == 1 and summary["answered"] == 1

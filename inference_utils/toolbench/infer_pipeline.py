@@ -254,7 +254,9 @@ def completed_chunks(path: Path, chunk: int, total: int) -> dict[int, dict]:
     return complete
 
 
-def build_clients(args: argparse.Namespace) -> dict[str, EndpointClient] | None:
+def build_clients(
+    args: argparse.Namespace, prog: str = "infer_pipeline"
+) -> dict[str, EndpointClient] | None:
     """The role endpoints, when the roles are served (all of them, or the backbone)."""
     roles = ("backbone",) if args.backbone_endpoint else ROLES
     urls = {r: getattr(args, f"{r}_endpoint") for r in roles}
@@ -262,7 +264,7 @@ def build_clients(args: argparse.Namespace) -> dict[str, EndpointClient] | None:
         return None
     missing = [r for r in roles if not urls[r]]
     if missing:
-        raise SystemExit(f"infer_pipeline: give --{missing[0]}_endpoint too (or no endpoint)")
+        raise SystemExit(f"{prog}: give --{missing[0]}_endpoint too (or no endpoint)")
     return {
         role: EndpointClient(
             Endpoint(url, getattr(args, f"{role}_endpoint_model"), args.endpoint_api),
@@ -277,29 +279,31 @@ def build_clients(args: argparse.Namespace) -> dict[str, EndpointClient] | None:
     }
 
 
-def build_models(args: argparse.Namespace, settings: GenerationSettings) -> RoleModels:
+def build_models(
+    args: argparse.Namespace, settings: GenerationSettings, prog: str = "infer_pipeline"
+) -> RoleModels:
+    """The local role models of the flags: checkpoints, LoRA adapters, or the backbone."""
     if args.backbone_model_name_or_path:
         return HFModels({"backbone": args.backbone_model_name_or_path}, settings)
     paths = {r: getattr(args, f"{r}_model_name_or_path") for r in ROLES}
     missing = [r for r in ROLES if not paths[r]]
     if missing:
         raise SystemExit(
-            f"infer_pipeline: give --{missing[0]}_model_name_or_path (or "
+            f"{prog}: give --{missing[0]}_model_name_or_path (or "
             "--backbone_model_name_or_path for the single-LLM mode)"
         )
     lora = [getattr(args, f"{r}_use_lora") for r in ROLES]
     if all(lora):
         return LoRAModels(paths, settings)
     if any(lora):
-        raise SystemExit("infer_pipeline: use LoRA adapters for all three roles or for none")
+        raise SystemExit(f"{prog}: use LoRA adapters for all three roles or for none")
     return HFModels(paths, settings)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m inference_utils.toolbench.infer_pipeline",
-        description=__doc__.splitlines()[0],
-    )
+def add_backend_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags that choose and configure the role backends (local checkpoints, LoRA
+    adapters or endpoints), their prompt types and generation; shared by the commands that
+    run the roles."""
     for role in ROLES:
         p.add_argument(f"--{role}_model_name_or_path")
         p.add_argument(f"--{role}_use_lora", type=_bool, default=False)
@@ -311,8 +315,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--endpoint_concurrency", type=int, default=8, help="requests per role")
     p.add_argument("--request_timeout", type=float, default=120.0, help="seconds")
     p.add_argument("--max_retries", type=int, default=4)
-    p.add_argument("--data_path", required=True, help="stage-2 test file(s), comma-separated")
-    p.add_argument("--output_dir", required=True)
     p.add_argument("--planner_prompt_type", "--assistant_prompt_type", default="toolbench_planner")
     p.add_argument("--caller_prompt_type", default="toolbench_caller")
     p.add_argument(
@@ -339,6 +341,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--bf16_full_eval", type=_bool, nargs="?", const=True, default=False)
     p.add_argument("--do_sample", type=_bool, nargs="?", const=True, default=False)
     p.add_argument("--seed", type=int, default=0)
+
+
+def generation_settings(args: argparse.Namespace) -> GenerationSettings:
+    """The local models' generation settings of :func:`add_backend_arguments`' flags."""
+    return GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        max_input_length=args.max_input_length,
+        batch_size=args.per_device_eval_batch_size,
+        reuse_prefixes=args.reuse_prefixes,
+        max_batch_tokens=args.max_batch_tokens,
+        do_sample=args.do_sample,
+        seed=args.seed,
+        dtype="bf16" if args.bf16_full_eval else "auto",
+    )
+
+
+def prompt_types_of(args: argparse.Namespace) -> dict[str, str]:
+    """Each role's prompt type, from :func:`add_backend_arguments`' flags."""
+    return {role: getattr(args, f"{role}_prompt_type") for role in (*ROLES, "backbone")}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m inference_utils.toolbench.infer_pipeline",
+        description=__doc__.splitlines()[0],
+    )
+    add_backend_arguments(p)
+    p.add_argument("--data_path", required=True, help="stage-2 test file(s), comma-separated")
+    p.add_argument("--output_dir", required=True)
     p.add_argument("--num_infer_samples", type=int, default=-1)
     p.add_argument(
         "--chunk_size",
@@ -379,22 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config_path.write_text(json.dumps(config, indent=2))
     clients = build_clients(args)
     done = completed_chunks(jsonl, 1 if clients else args.chunk_size, len(samples))
-    settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens,
-        max_input_length=args.max_input_length,
-        batch_size=args.per_device_eval_batch_size,
-        reuse_prefixes=args.reuse_prefixes,
-        max_batch_tokens=args.max_batch_tokens,
-        do_sample=args.do_sample,
-        seed=args.seed,
-        dtype="bf16" if args.bf16_full_eval else "auto",
-    )
-    prompt_types = {
-        "planner": args.planner_prompt_type,
-        "caller": args.caller_prompt_type,
-        "summarizer": args.summarizer_prompt_type,
-        "backbone": args.backbone_prompt_type,
-    }
+    settings = generation_settings(args)
+    prompt_types = prompt_types_of(args)
     # keep only complete chunks, then append
     with open(jsonl, "w", encoding="utf-8") as fh:
         for i in sorted(done):
