@@ -639,3 +639,27 @@ def test_a_failing_role_endpoint_fails_its_queries_and_a_rerun_retries_them(
     assert run_agent_main(cmd[3:]) == 0
     summary = read_json(out / "summary.json")
     assert summary["skipped"] == 1 and summary["run"] == 1 and summary["answered"] == 1
+
+
+def test_a_folder_of_query_files_answers_each_file_in_its_folder(
+    role_endpoints, toolserver, tmp_path
+) -> None:
+    """Query ids repeat across ToolBench's query files: each file's answers go to a folder
+    named after it."""
+    barcode = next(q for q in read_json(QUERIES) if str(q["query_id"]) == BARCODE)
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    for name in ("G1_instruction", "G1_tool"):
+        (folder / f"{name}.json").write_text(json.dumps([barcode]))
+    out = tmp_path / "answers"
+    flags = endpoint_flags(role_endpoints, "--method", "CoT@1")
+    cmd = agent(out, toolserver, *flags, ids=BARCODE)[3:]
+    cmd[cmd.index("--queries") + 1] = str(folder)
+    assert run_agent_main(cmd) == 0
+    for name in ("G1_instruction", "G1_tool"):
+        answer = read_json(out / name / f"{BARCODE}_CoT@1.json")
+        assert answer["answer_generation"]["valid_data"]
+    assert read_json(out / "summary.json")["answered"] == 2
+    cmd[cmd.index("--query_ids") + 1] = "424242"
+    with pytest.raises(SystemExit, match="no query with id 424242"):
+        run_agent_main(cmd)
