@@ -127,10 +127,15 @@ class Recorder:
     def __init__(self, models: HFModels):
         self.models = models
         self.calls: list[tuple[str, list[str]]] = []
+        self.released: list[set] = []
 
-    def generate(self, role: str, prompts: Sequence[str]) -> list[str]:
+    def generate(self, role: str, prompts: Sequence[str], sessions=None) -> list[str]:
         self.calls.append((role, list(prompts)))
-        return self.models.generate(role, prompts)
+        return self.models.generate(role, prompts, sessions)
+
+    def release(self, sessions) -> None:
+        self.released.append(set(sessions))
+        self.models.release(sessions)
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +172,11 @@ def test_rounds_batch_each_role_across_queries(tiny_models: HFModels) -> None:
     assert [len(prompts) for _, prompts in recorder.calls][:2] == [3, 3]
     assert all(len(prompts) <= 3 for _, prompts in recorder.calls)
     assert stats.model_calls == len(recorder.calls) < stats.llm_calls
+    # each query's model sessions are released when it ends, so no cache is left behind
+    assert sorted(recorder.released, key=sorted) == [
+        {(q, "planner"), (q, "caller")} for q in range(5)
+    ]
+    assert len(tiny_models.sessions) == 0
     for role, prompts in recorder.calls:
         assert all(f"the {role} says" in p for p in prompts)
         qids = [int(p.split()[1].rstrip(",")) for p in prompts]
@@ -205,10 +215,13 @@ def test_a_search_that_raises_fails_only_its_query(tiny_models: HFModels) -> Non
 
 def test_a_role_model_that_raises_is_thrown_into_its_searches(tiny_models: HFModels) -> None:
     class NoCaller:
-        def generate(self, role: str, prompts: Sequence[str]) -> list[str]:
+        def generate(self, role: str, prompts: Sequence[str], sessions=None) -> list[str]:
             if role == "caller":
                 raise MemoryError("the caller ran out of memory")
-            return tiny_models.generate(role, prompts)
+            return tiny_models.generate(role, prompts, sessions)
+
+        def release(self, sessions) -> None:
+            tiny_models.release(sessions)
 
     def careful() -> Generator:
         try:
@@ -439,6 +452,8 @@ def test_multi_llm_dfs_end_to_end_and_a_rerun_skips_everything(dfs_run: Path, to
     )
     assert summary["model_calls"] < summary["llm_calls"]  # batched across queries
     assert set(summary["llm_calls_by_role"]) <= {"planner", "caller", "summarizer"}
+    # a query's later prompts start from the KV cache of its earlier ones (tool docs, history)
+    assert summary["reused_tokens"] > 0 and summary["prefilled_tokens"] > 0
     before = answers(dfs_run, "DFS_woFilter_w2")
     proc = run(agent(dfs_run, toolserver, *ROLE_FLAGS, *BOUNDS))
     again = read_json(dfs_run / "summary.json")

@@ -8,7 +8,9 @@ up to ``concurrency`` of them active and answers their requests:
   rounds. A round first runs the tool calls of the active queries until each waits on a model
   (or is done), then makes one ``generate(role, prompts)`` call per role for the queries
   waiting on that role, in the order the queries started, so one forward pass serves several
-  queries. Which prompts share a call depends only on the searches, never on how fast the
+  queries. Each prompt names its query's session, so the models prefill only what is new
+  since that query's previous prompt for the role; a query's sessions are released when it
+  ends. Which prompts share a call depends only on the searches, never on how fast the
   tools answer, so a run is reproducible.
 * ``Generate`` with role endpoints (:class:`~inference_utils.endpoints.EndpointClient`):
   concurrently, on the task graph, one lane per role (as the static pipeline runs them).
@@ -58,6 +60,9 @@ class RunStats:
     failed: int = 0
     seconds: float = 0.0
     llm_calls_by_role: dict[str, int] = field(default_factory=dict)
+    # local models: prompt tokens computed, and those taken from a query's earlier KV cache
+    prefilled_tokens: int | None = None
+    reused_tokens: int | None = None
 
     def count_llm(self, role: str, n: int = 1) -> None:
         self.llm_calls += n
@@ -87,6 +92,9 @@ class _Searches:
         self.on_done = on_done
         self.stats = stats
         self.waiting: dict[Hashable, Any] = {}  # key → the request it waits on
+        self.sessions: dict[Hashable, set[Hashable]] = {}  # key → the model sessions it used
+        #: called with a search's model sessions when it ends
+        self.release: Callable[[Iterable[Hashable]], None] | None = None
         self._gens: dict[Hashable, Search] = {}
         self._order: dict[Hashable, int] = {}  # key → start position
 
@@ -136,10 +144,15 @@ class _Searches:
             self._end(key, None, SearchFailed(f"a search yielded {type(request).__name__}"))
             return False
         self.waiting[key] = request
+        if isinstance(request, Generate) and request.session is not None:
+            self.sessions.setdefault(key, set()).add(request.session)
         return True
 
     def _end(self, key: Hashable, result: Any, error: BaseException | None) -> None:
         del self._gens[key]
+        sessions = self.sessions.pop(key, None)
+        if sessions and self.release is not None:
+            self.release(sessions)
         if error is None:
             self.stats.finished += 1
         else:
@@ -169,6 +182,10 @@ def run_searches(
             _run_in_rounds(active, llm, tools)
     finally:
         stats.seconds += time.monotonic() - start
+        prefill = getattr(llm, "stats", None)
+        if prefill is not None:
+            stats.prefilled_tokens = prefill.prefilled_tokens
+            stats.reused_tokens = prefill.reused_tokens
     return stats
 
 
@@ -176,6 +193,7 @@ def run_searches(
 
 
 def _run_in_rounds(active: _Searches, models: RoleModels, tools: ToolClient) -> None:
+    active.release = models.release
     active.fill()
     while active:
         _run_tools(active, tools)
@@ -186,9 +204,10 @@ def _run_in_rounds(active: _Searches, models: RoleModels, tools: ToolClient) -> 
             if not keys:
                 continue
             prompts = [active.waiting[k].prompt for k in keys]
+            sessions = [active.waiting[k].session for k in keys]
             active.stats.model_calls += 1
             try:
-                texts = models.generate(role, prompts)
+                texts = models.generate(role, prompts, sessions)
             except Exception as exc:
                 for key in keys:
                     active.throw(key, exc)

@@ -151,6 +151,8 @@ class Summary:
             "llm_calls_by_role": stats.llm_calls_by_role,
             "model_calls": stats.model_calls,
             "tool_calls": stats.tool_calls,
+            "prefilled_tokens": stats.prefilled_tokens,
+            "reused_tokens": stats.reused_tokens,
             "seconds": round(stats.seconds, 3),
             "concurrency": args.concurrency,
         }
