@@ -2,7 +2,8 @@
 # Set up the environment (idempotent) and run the main job on the bundled sample:
 # ToolBench answers → stage 1 → stage 2 → backbone/planner/caller/summarizer training sets →
 # GLPFT stage 1 (backbone) → stage 2 (planner, caller, summarizer) on the default small model →
-# static step-level evaluation of the trained roles (α-UMi's metrics).
+# static step-level evaluation of the trained roles (α-UMi's metrics) → the tool server and
+# the real-time agent on a few test queries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -36,7 +37,8 @@ $py -m inference_utils.toolbench.infer_pipeline --data_path "$out/data/raw_data/
   --summarizer_model_name_or_path "$out/glpft/summarizer" --summarizer_use_lora True
 $py -m inference_utils.toolbench.evaluate --input_path "$out/static/predictions.json" \
   --output_path "$out/static/metrics.json"
-echo "== tool server: the sample's tools, offline simulator, cache in $out/tools.sqlite"
+echo "== tool server (the sample's tools, offline simulator, cache in $out/tools.sqlite), and"
+echo "== the real-time agent (CoT@1, the trained roles) on 2 of the sample's G1 test queries"
 $py - "$out" <<'PY'
 import socket, subprocess, sys, time
 import httpx
@@ -57,9 +59,19 @@ try:
         for _ in range(2):  # the second call is a cache hit
             seen = client.call("Toy", "toy_weather", "get_forecast", '{"city": "Lyon"}')
             print("observation:", seen.text)
+    agent = [sys.executable, "-m", "inference_utils.toolbench.run_agent",
+             "--queries", "data/toolbench_sample/test_instruction/G1_instruction.json",
+             "--toolserver", f"http://127.0.0.1:{port}/virtual", "--method", "CoT@1",
+             "--output_dir", f"{out}/answers/G1_instruction", "--num_queries", "2",
+             "--max_new_tokens", "32", "--single_chain_max_step", "6", "--max_input_length", "1024"]
+    for role in ("planner", "caller", "summarizer"):
+        agent += [f"--{role}_model_name_or_path", f"{out}/glpft/{role}", f"--{role}_use_lora", "True"]
+    code = subprocess.call(agent)
     print("stats:", httpx.get(f"http://127.0.0.1:{port}/stats").text)
+    sys.exit(code)
 finally:
     server.terminate()
     server.wait()
 PY
-echo "== done: $out/data (training sets), $out/glpft (models), $out/static (metrics)"
+echo "== done: $out/data (training sets), $out/glpft (models), $out/static (metrics),"
+echo "   $out/answers (the agent's ToolBench answer files, summary.json)"
