@@ -9,9 +9,9 @@ ToolBench's agent prompts (the system, user and diversity messages of its search
 ``Finish`` function live here too.
 
 Every parser of a model's output lives here: :func:`parse_decision` (planner and backbone
-outputs), :func:`parse_action` (caller outputs), :func:`read_finish` (``Finish`` arguments)
-and :func:`read_step` (α-UMi's evaluator's reading of a step). Each formatter of a model's
-output has its inverse among them, and the pairs are tested as inverses.
+outputs), :func:`parse_action` and :func:`parse_actions` (caller outputs), :func:`read_finish`
+(``Finish`` arguments) and :func:`read_step` (α-UMi's evaluator's reading of a step). Each
+formatter of a model's output has its inverse among them, and the pairs are tested as inverses.
 
 The literal ``</s>`` below is α-UMi's *history separator*, a piece of text inside the prompt
 string. It is not the tokenizer's end-of-sequence token, which always comes from the tokenizer.
@@ -281,6 +281,34 @@ def parse_action(text: str) -> tuple[str, str] | None:
     if match is None:
         return None
     return match.group("name"), match.group("args").strip()
+
+
+#: Where a caller text's next action starts: a line that starts with ``Action:``.
+_NEXT_ACTION_LINE = re.compile("\n(?=" + re.escape(ACTION_KEY) + ")")
+
+
+def parse_actions(text: str) -> list[tuple[str, str]]:
+    """Every ``(name, arguments)`` pair of a caller (or backbone follow-up) text, in order;
+    inverts :func:`format_action` turns joined by newlines.
+
+    Each action's arguments run up to the next line that starts with ``Action:`` (or the end):
+    the text is cut before each such line and every piece is read by :func:`parse_action`. A
+    piece without a pair (a preamble, an ``Action:`` line with no ``Action Input:``) is read
+    together with the next one, so a text with a single ``Action:`` gives exactly
+    ``[parse_action(text)]`` (or ``[]``). :func:`parse_action` alone reads only the first
+    action, with the rest of the text as its arguments, as ToolBench and α-UMi read a call.
+    """
+    actions: list[tuple[str, str]] = []
+    pending: str | None = None  # pieces read so far that hold no pair
+    for piece in _NEXT_ACTION_LINE.split(text):
+        candidate = piece if pending is None else pending + "\n" + piece
+        parsed = parse_action(candidate)
+        if parsed is None:
+            pending = candidate
+        else:
+            actions.append(parsed)
+            pending = None
+    return actions
 
 
 # --------------------------------------------------------------------------------------------

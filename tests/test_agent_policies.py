@@ -25,6 +25,7 @@ from inference_utils.toolbench.policies import (
     make_policy,
 )
 from inference_utils.toolbench.requests import Generate
+from inference_utils.toolbench.search import PARALLEL_CALLS
 from process_data.protocol import (
     ACTION_PREFIX,
     ASSISTANT,
@@ -39,6 +40,7 @@ from process_data.protocol import (
     format_action,
     format_backbone,
     format_plan,
+    parse_action,
     parse_decision,
     render_turn,
 )
@@ -364,3 +366,43 @@ def test_prompt_types_choose_the_templates() -> None:
     assert request.prompt == build_prompt(
         "planner", TOOLS, USER_TURN, prompt_type="toolbench_backbone"
     )
+
+
+OSLO = {"name": "weather_for_meteo", "arguments": '{"city": "Oslo"}'}
+BERGEN = {"name": "weather_for_meteo", "arguments": '{"city": "${1} and Bergen"}'}
+TWO_CALLS = "\n".join(format_action(c["name"], c["arguments"]) for c in (OSLO, BERGEN))
+
+
+def test_parallel_calls_keep_every_action_of_a_caller_output() -> None:
+    plan = "Look up both.\n Next: caller."
+    policy = make_policy(False, QUERY, 1, parallel=True)
+    _, message = run(policy.decide(START, FUNCTIONS), [plan, TWO_CALLS])
+    assert message == {
+        "role": "assistant",
+        "content": "Look up both.",
+        "function_call": OSLO,
+        PARALLEL_CALLS: [OSLO, BERGEN],
+    }
+    backbone = make_policy(True, QUERY, 1, parallel=True)
+    _, message = run(backbone.decide(START, FUNCTIONS), ["Look up both.\n" + TWO_CALLS])
+    assert message["content"] == "Look up both." and message[PARALLEL_CALLS] == [OSLO, BERGEN]
+
+
+@pytest.mark.parametrize(
+    ("parallel", "output"),
+    [
+        (False, TWO_CALLS),  # off: ToolBench's reading, the rest of the text is the input
+        (True, format_action(OSLO["name"], OSLO["arguments"])),  # one action
+        (True, TWO_CALLS + "\n" + format_action(FINISH, '{"return_type": "give_answer"}')),
+        (True, "no call at all"),
+    ],
+)
+def test_otherwise_a_caller_output_is_one_call_as_before(parallel: bool, output: str) -> None:
+    policy = make_policy(False, QUERY, 1, parallel=parallel)
+    _, message = run(policy.decide(START, FUNCTIONS), ["Next: caller.", output])
+    name, arguments = parse_action(output) or (UNPARSED_NAME, UNPARSED_ARGUMENTS)
+    assert message == {
+        "role": "assistant",
+        "content": None,
+        "function_call": {"name": name, "arguments": arguments},
+    }

@@ -18,6 +18,7 @@ from collections.abc import Generator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import REPO, SHARED, free_port, kill_when, read_json, start_server, stop_server
 from fastapi import Request
@@ -28,11 +29,12 @@ from GLPFT.models import TINY_LLAMA
 from inference_utils.endpoints import Endpoint, EndpointClient, EndpointError
 from inference_utils.generation import GenerationSettings, HFModels
 from inference_utils.toolbench.agent import RunStats, run_searches
-from inference_utils.toolbench.requests import Generate, ToolRequest
+from inference_utils.toolbench.functions import TOOL_INPUT_ERROR
+from inference_utils.toolbench.requests import Generate, PlannedCall, ToolPlan, ToolRequest
 from inference_utils.toolbench.run_agent import main as run_agent_main
 from inference_utils.toolclient import REQUEST_FAILED, Observation, ToolClient
 from inference_utils.tooleval.convert import convert_dir
-from process_data.protocol import FINISH, format_action
+from process_data.protocol import FINISH, format_action, parse_action
 from process_data.toolbench.pipeline import Options, from_answer
 from process_data.toolbench.stage1 import AnswerFile
 
@@ -357,6 +359,48 @@ def test_stats_accumulate_over_runs(tiny_models: HFModels) -> None:
     assert stats.tool_calls == 4 and stats.finished == 2
 
 
+# -- plans: several calls of one model output -----------------------------------------------------
+
+
+def planned(*calls: PlannedCall) -> Generator[ToolPlan, dict, dict]:
+    return (yield ToolPlan(calls))
+
+
+def stub(api: str, tool_input: dict) -> ToolRequest:
+    return ToolRequest("Data", "stub", api, tool_input)
+
+
+@pytest.mark.parametrize("mode", ["rounds", "endpoints"])
+def test_a_plan_runs_its_calls_with_references_replaced(tiny_models, mode: str) -> None:
+    """``$1`` / ``${1}`` become the first call's response before the second call goes out; a
+    plan that refers to a call it does not hold runs nothing, and every call of it gets an
+    error observation that names the problem."""
+    good = planned(
+        PlannedCall(1, "a_for_stub", stub("a", {"k": 1})),
+        PlannedCall(2, "b_for_stub", stub("b", {"x": "$1", "y": "got ${1}"})),
+    )
+    broken = planned(
+        PlannedCall(1, "a_for_stub", stub("a", {"k": 2})),
+        PlannedCall(3, "b_for_stub", stub("b", {"x": "$2"})),
+    )
+    done, on_done = collect()
+    llm = tiny_models if mode == "rounds" else {}
+    with ToolStandIn() as server:
+        client = tool_client(server.url)
+        searches = {"good": good, "broken": broken}
+        stats = run_searches(searches, llm, client, 2, on_done, plan_timeout=20)
+        assert server.calls == 2  # both of the good plan, none of the broken one
+    first = "a:{'k': 1}"
+    second = "b:" + str({"x": first, "y": f"got {first}"})
+    assert done["good"] == ({1: Observation("", first, 0), 2: Observation("", second, 0)}, None)
+    observations, error = done["broken"]
+    assert error is None and sorted(observations) == [1, 3]
+    for observation in observations.values():
+        assert observation.status == REQUEST_FAILED
+        assert "refers to task 2, which is not in the plan" in observation.error
+    assert stats.tool_calls == 4 and stats.finished == 2
+
+
 # -- the command, end to end ----------------------------------------------------------------------
 
 QUERIES = (
@@ -507,11 +551,6 @@ def test_single_llm_mode(toolserver, tmp_path) -> None:
     check_answers(out, "DFS_woFilter_w2", ids)
     summary = read_json(out / "summary.json")
     assert set(summary["llm_calls_by_role"]) == {"backbone"} and summary["failed"] == 0
-
-
-def test_parallel_calls_is_refused_not_ignored(toolserver, tmp_path) -> None:
-    proc = run(agent(tmp_path, toolserver, *ROLE_FLAGS, "--parallel_calls"), code=2)
-    assert "--parallel_calls: not implemented yet" in proc.stderr
 
 
 # -- the command with scripted role endpoints -----------------------------------------------------
@@ -678,3 +717,50 @@ def test_a_folder_of_query_files_answers_each_file_in_its_folder(
     cmd[cmd.index("--query_ids") + 1] = "424242"
     with pytest.raises(SystemExit, match="no query with id 424242"):
         run_agent_main(cmd)
+
+
+SECOND_CALL = format_action("code_for_barcode_monster", json.dumps({"code": "${1}"}))
+
+
+def tool_server_requests(toolserver: str) -> int:
+    """The requests the tool server has answered (its ``/stats``)."""
+    stats = httpx.get(toolserver.rsplit("/", 1)[0] + "/stats", timeout=10)
+    return stats.json()["requests"]
+
+
+@pytest.mark.parametrize("parallel", [True, False], ids=["parallel_calls", "off"])
+def test_parallel_calls_run_every_call_of_a_caller_output(
+    role_endpoints, toolserver, tmp_path, parallel: bool
+) -> None:
+    """The caller writes two calls, the second taking the first's response (``${1}``). With
+    --parallel_calls both reach the tool server and the answer file holds them as two
+    consecutive calls; without it the output is one call as ToolBench reads it, whose input
+    (the rest of the text) is not JSON, so no request goes out."""
+    output = CALL + "\n" + SECOND_CALL
+    role_endpoints["caller"].rule = lambda prompt: output
+    out = tmp_path / "answers"
+    flags = endpoint_flags(role_endpoints, "--method", "CoT@1")
+    flags += ["--parallel_calls"] if parallel else []
+    before = tool_server_requests(toolserver)
+    assert run_agent_main(agent(out, toolserver, *flags, ids=BARCODE)[3:]) == 0
+    sent = tool_server_requests(toolserver) - before
+    answer = check_answers(out, "CoT@1", BARCODE)[BARCODE]
+    assert answer["answer_generation"]["valid_data"]
+    chain = answer["answer_generation"]["train_messages"][-1]
+    calls = [m["function_call"] for m in chain if m["role"] == "assistant"]
+    observations = [json.loads(m["content"]) for m in chain if m["role"] == "function"]
+    assert calls[-1]["name"] == FINISH
+    summary = read_json(out / "summary.json")
+    if parallel:
+        assert sent == 2 and summary["tool_calls"] == 2
+        assert calls[:-1] == [
+            dict(zip(("name", "arguments"), parse_action(t), strict=True))
+            for t in (CALL, SECOND_CALL)
+        ]
+        assert [o["error"] for o in observations] == ["", ""]
+        assert "parallel_calls" not in (out / f"{BARCODE}_CoT@1.json").read_text()
+    else:
+        assert sent == 0 and summary["tool_calls"] == 0
+        name, arguments = parse_action(output)
+        assert calls[:-1] == [{"name": name, "arguments": arguments}]
+        assert observations == [{"error": TOOL_INPUT_ERROR, "response": ""}]

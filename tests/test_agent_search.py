@@ -33,8 +33,9 @@ from inference_utils.toolbench.functions import (
     api_function,
     load_tool_descriptions,
 )
-from inference_utils.toolbench.requests import Generate, ToolRequest
+from inference_utils.toolbench.requests import Generate, PlannedCall, ToolPlan, ToolRequest
 from inference_utils.toolbench.search import (
+    PARALLEL_CALLS,
     Node,
     SearchResult,
     cot,
@@ -45,7 +46,7 @@ from inference_utils.toolbench.search import (
 )
 from inference_utils.toolclient import Observation
 from inference_utils.tooleval.convert import convert_dir
-from process_data.protocol import DIVERSITY_PROMPT, FINISH_FUNCTION
+from process_data.protocol import DIVERSITY_PROMPT, FINISH_FUNCTION, HALLUCINATED_NAME
 from process_data.toolbench.pipeline import Options, from_answer
 from process_data.toolbench.stage1 import AnswerFile, to_stage1
 from process_data.toolbench.stage2 import to_stage2
@@ -112,7 +113,8 @@ class Scripted:
 
 def drive(gen, tool: Callable[[ToolRequest], Observation]) -> tuple[object, list]:
     """Run a search generator to its end, answering LLM calls with a fixed text and tool
-    requests with ``tool``; returns its value and the requests in order."""
+    requests with ``tool`` (each call of a plan too, as it is written: ``$N`` unreplaced);
+    returns its value and the requests in order."""
     requests, reply = [], None
     while True:
         try:
@@ -122,6 +124,8 @@ def drive(gen, tool: Callable[[ToolRequest], Observation]) -> tuple[object, list
         requests.append(request)
         if isinstance(request, Generate):
             reply = f"out:{request.prompt}"
+        elif isinstance(request, ToolPlan):
+            reply = {planned.id: tool(planned.request) for planned in request.calls}
         else:
             assert isinstance(request, ToolRequest)
             reply = tool(request)
@@ -1176,3 +1180,176 @@ def test_give_up_choice_is_seeded() -> None:
         assert first == answer_json(result, seed=seed)
         picks.add(json.dumps(first["answer_generation"]["train_messages"]))
     assert len(picks) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Several calls of one model output, run as one plan (--parallel_calls)
+# --------------------------------------------------------------------------------------------
+
+
+def parallel(thought: str | None, *calls: tuple[str, str | dict]) -> dict:
+    """A message holding several calls, as a policy with ``parallel=True`` returns it."""
+    listed = [
+        {"name": name, "arguments": a if isinstance(a, str) else json.dumps(a)} for name, a in calls
+    ]
+    message = call(listed[0]["name"], listed[0]["arguments"], thought)
+    message[PARALLEL_CALLS] = listed
+    return message
+
+
+def key_word(api: str, tool_input: dict) -> ToolRequest:
+    """A request of the toy environment's tool."""
+    return ToolRequest("Data", "key_word", api, tool_input)
+
+
+def function(name: str, content: str) -> dict:
+    return {"role": "function", "name": name, "content": content}
+
+
+def test_step_plan_answers_each_call_as_step_does() -> None:
+    env = toy_env(max_observation_length=40)
+    calls = [
+        ("nope", "{}"),
+        ("search_for_key_word", "{oops"),
+        ("search_for_key_word", '{"q": "a"}'),
+        ("similar_for_key_word", {"like": "$3"}),
+    ]
+    results, requests = drive(env.step_plan(calls), echo)
+    # the calls that make a request go together, with their positions as ids, $N as written
+    assert requests == [
+        ToolPlan(
+            (
+                PlannedCall(3, "search_for_key_word", key_word("search", {"q": "a"})),
+                PlannedCall(4, "similar_for_key_word", key_word("similar", {"like": "$3"})),
+            )
+        )
+    ]
+    assert results == [drive(env.step(name, arguments), echo)[0] for name, arguments in calls]
+    assert results[0][1] == 1 and results[0][0].endswith("...")  # cut, as step cuts
+    # no call that makes a request: nothing is asked
+    calls = [("nope", "{}"), ("Finish", '{"return_type": "give_up_and_restart"}')]
+    results, requests = drive(env.step_plan(calls), echo)
+    assert requests == [] and [status for _, status in results] == [1, 4]
+    # an answer without an observation for every call is a driver's bug, said as such
+    gen = env.step_plan([("similar_for_key_word", "{}"), ("similar_for_key_word", "{}")])
+    assert isinstance(next(gen), ToolPlan)
+    with pytest.raises(ValueError, match="no observation for call 2"):
+        gen.send({1: Observation("", "x", 0)})
+
+
+PLANNED = [
+    parallel("t1", ("search_for_key_word", {"q": "a"}), ("similar_for_key_word", {"like": "$1"})),
+    finish("the answer", "t2"),
+]
+
+
+def planned_search() -> tuple[SearchResult, Scripted, list]:
+    policy = Scripted(copy.deepcopy(PLANNED), calls=2)
+    result, requests = drive(dfs(policy, toy_env()), echo)
+    return result, policy, requests
+
+
+def test_a_message_with_several_calls_runs_them_as_one_plan() -> None:
+    """One ToolPlan for both calls; then an Action and an Action Input node per call, and the
+    messages of two consecutive calls (the second without a thought)."""
+    result, policy, requests = planned_search()
+    assert [r for r in requests if not isinstance(r, Generate)] == [
+        ToolPlan(
+            (
+                PlannedCall(1, "search_for_key_word", key_word("search", {"q": "a"})),
+                PlannedCall(2, "similar_for_key_word", key_word("similar", {"like": "$1"})),
+            )
+        )
+    ]
+    T, A, AI = "Thought", "Action", "Action Input"
+    final = PLANNED[1]["function_call"]["arguments"]
+    nodes = preorder(result.root)
+    assert [(n.node_type, n.depth, n.description, n.observation_code) for n in nodes] == [
+        (AI, 0, "", None),
+        (T, 1, "t1", None),
+        (A, 2, "search_for_key_word", None),
+        (AI, 3, '{"q": "a"}', 0),
+        (A, 4, "similar_for_key_word", None),
+        (AI, 5, '{"like": "$1"}', 0),
+        (T, 6, "t2", None),
+        (A, 7, "Finish", None),
+        (AI, 8, final, 3),
+    ]
+    assert result.win and result.query_count == 4
+    first, second = PLANNED[0][PARALLEL_CALLS]
+    start = toy_env().initial_messages()
+    chain = [
+        {"role": "assistant", "content": "t1", "function_call": first},
+        function("search_for_key_word", observation('search:{"q": "a"}')),
+        {"role": "assistant", "content": None, "function_call": second},
+        function("similar_for_key_word", observation('similar:{"like": "$1"}')),
+    ]
+    assert policy.seen == [start, start + chain]
+    answer = answer_json(result, seed=1)
+    assert PARALLEL_CALLS not in json.dumps(answer)
+    finished = start + chain + [PLANNED[1]]
+    assert answer["answer_generation"]["train_messages"][-1] == finished
+
+
+def test_an_answer_with_a_plan_passes_through_tooleval_and_process_data(tmp_path: Path) -> None:
+    folder = tmp_path / "G1_instruction"
+    folder.mkdir()
+    result, _, _ = planned_search()
+    path = answer_path(folder, "1", "DFS_woFilter_w2")
+    write_answer(path, answer_json(result, seed="1"))
+    assert PARALLEL_CALLS not in path.read_text()
+    converted = convert_dir(folder, "DFS_woFilter_w2")["1"]["answer"]
+    assert converted["final_answer"] == PLANNED[1]["function_call"]["arguments"]
+    details = _flatten(converted["answer_details"])
+    tools = [d["message"]["name"] for d in details if d["role"] == "tool"]
+    assert tools == ["search_for_key_word", "similar_for_key_word", "Finish"]
+    processed = from_answer(AnswerFile(str(path), "G1", "1"), Options())
+    assert processed.problems == [], processed.problems
+    assert processed.samples["caller"] == 2 and processed.samples["summarizer"] == 1
+
+
+def test_a_plan_with_calls_that_make_no_request() -> None:
+    """An unknown name and arguments that are not JSON get step's answers among the planned
+    calls; the unknown name is renamed in the messages, as a single call's is."""
+    message = parallel(
+        None, ("nope", {}), ("search_for_key_word", "{oops"), ("similar_for_key_word", {})
+    )
+    policy = Scripted([message, finish("done")])
+    result, requests = drive(cot(policy, toy_env()), echo)
+    assert [r for r in requests if not isinstance(r, Generate)] == [
+        ToolPlan((PlannedCall(3, "similar_for_key_word", key_word("similar", {})),))
+    ]
+    A, AI = "Action", "Action Input"
+    path = result.terminal_nodes[0].path()
+    assert [(n.node_type, n.description, n.observation_code) for n in path[:6]] == [
+        (A, "nope", None),
+        (AI, "{}", 1),
+        (A, "search_for_key_word", None),
+        (AI, "{oops", 0),
+        (A, "similar_for_key_word", None),
+        (AI, "{}", 0),
+    ]
+    seen = policy.seen[1][2:]
+    assert seen[0]["function_call"] == {"name": HALLUCINATED_NAME, "arguments": "{}"}
+    assert seen[1]["name"] == HALLUCINATED_NAME and "No such function name" in seen[1]["content"]
+    assert seen[2]["function_call"] == {"name": "search_for_key_word", "arguments": "{oops"}
+    assert json.loads(seen[3]["content"]) == {"error": TOOL_INPUT_ERROR, "response": ""}
+    assert seen[5] == function("similar_for_key_word", observation("similar:{}"))
+    assert len(seen) == 6 and PARALLEL_CALLS not in json.dumps(seen)
+
+
+def test_parallel_calls_of_one_call_or_that_a_search_refuses() -> None:
+    # one call: the ordinary step, and the key is gone
+    policy = Scripted([parallel("t", ("similar_for_key_word", {})), finish("done")])
+    _, requests = drive(cot(policy, toy_env()), echo)
+    assert [r for r in requests if not isinstance(r, Generate)] == [
+        ToolRequest("Data", "key_word", "similar", {})
+    ]
+    assert PARALLEL_CALLS not in json.dumps(policy.seen)
+    # Finish among them, or a first call that is not the message's own: a policy's bug
+    bad_finish = parallel("t", ("similar_for_key_word", {}), ("Finish", "{}"))
+    other_first = parallel("t", ("similar_for_key_word", {}), ("search_for_key_word", {}))
+    other_first["function_call"] = {"name": "search_for_key_word", "arguments": "{}"}
+    for message, why in ((bad_finish, "Finish cannot"), (other_first, "must be the function")):
+        with pytest.raises(ValueError, match=why):
+            drive(cot(Scripted([message]), toy_env()), echo)

@@ -25,6 +25,7 @@ from process_data.protocol import (
     format_plan,
     format_prediction,
     parse_action,
+    parse_actions,
     parse_decision,
     prompt_suffix,
     read_step,
@@ -160,6 +161,58 @@ def test_action_roundtrip(seed: int) -> None:
 def test_action_lenient() -> None:
     assert parse_action('Sure.\nAction: get_x\nAction Input: {"a": 1}') == ("get_x", '{"a": 1}')
     assert parse_action("no call") is None
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_actions_roundtrip(seed: int) -> None:
+    """Caller turns joined by newlines read back as their pairs, in order; one alone reads as
+    parse_action reads it."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(rng.randint(1, 4)):
+        name = "".join(rng.choice(string.ascii_lowercase + "_") for _ in range(rng.randint(1, 20)))
+        arguments = rand_text(rng)
+        while "\nAction:" in arguments:
+            arguments = rand_text(rng)
+        pairs.append((name, arguments))
+    text = "\n".join(format_action(name, arguments) for name, arguments in pairs)
+    assert parse_actions(text) == pairs
+    if len(pairs) == 1:
+        assert parse_action(text) == pairs[0]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'Action: f\nAction Input: {"a": 1}',
+        'Sure.\nAction: get_x\nAction Input: {"a": 1}  \n',
+        "\nAction: f\nAction Input: {} ",
+        "I call Action:f\n  Action Input:{}",
+        'Action: f\nAction Input: {\n  "a": "Action Input: x"\n}',
+        "Action: f",
+        "Action Input: {}",
+        "no call",
+        "",
+    ],
+)
+def test_parse_actions_of_one_action_is_parse_action(text: str) -> None:
+    one = parse_action(text)
+    assert parse_actions(text) == ([] if one is None else [one])
+
+
+def test_parse_actions_cuts_at_each_action_line() -> None:
+    text = (
+        'Two lookups.\nAction: a\nAction Input: {\n  "x": 1\n}\n'
+        'Action: b\nAction Input: {"y": "$1"}'
+    )
+    assert parse_actions(text) == [("a", '{\n  "x": 1\n}'), ("b", '{"y": "$1"}')]
+    # parse_action reads the first call only, with the rest of the text as its arguments
+    assert parse_action(text) == ("a", text.split("Action Input: ", 1)[1].strip())
+    # an Action: line without its input joins the next piece, as parse_action would read it
+    text = "Action: a\nAction Input: {}\nAction: oops\nAction: b\nAction Input: {}\nAction: c"
+    assert parse_actions(text) == [("a", "{}"), ("b", "{}")]
+    # "Action:" inside a line starts no action
+    assert parse_actions("Action: a\nAction Input: say Action: b") == [("a", "say Action: b")]
 
 
 def test_history_format() -> None:

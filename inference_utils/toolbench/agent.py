@@ -17,6 +17,11 @@ up to ``concurrency`` of them active and answers their requests:
 * ``ToolRequest`` with a :class:`~inference_utils.toolclient.ToolClient`, concurrently on the
   task graph (a lane of ``concurrency`` calls); every call has the client's timeout, and a call
   that fails is an error observation for its search, never an exception.
+* ``ToolPlan`` (several calls of one model output, ``--parallel_calls``) as one task of that
+  lane: a :class:`~inference_utils.dag.PlanRunner` runs its calls through the same client,
+  each as soon as the calls its arguments refer to (``$N``) have answered, each bounded by
+  ``plan_timeout``; the search is sent ``{id: Observation}``, an error observation for every
+  call when the plan cannot run. Each call counts as a tool call.
 
 A search that raises fails its own query only: ``on_done`` gets the error and the other
 queries go on. A role call that fails for good (an endpoint down after its retries, a model
@@ -32,10 +37,10 @@ from collections.abc import Callable, Generator, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from inference_utils.dag import TaskGraph
+from inference_utils.dag import PlanError, PlanRunner, TaskGraph, ToolCall, error_observation
 from inference_utils.endpoints import EndpointClient
 from inference_utils.generation import RoleModels, clean_output
-from inference_utils.toolbench.requests import Generate, ToolRequest
+from inference_utils.toolbench.requests import Generate, ToolPlan, ToolRequest
 from inference_utils.toolclient import REQUEST_FAILED, Observation, ToolClient
 
 #: The order in which a round asks the roles: a planner's output may need the caller or the
@@ -43,6 +48,10 @@ from inference_utils.toolclient import REQUEST_FAILED, Observation, ToolClient
 ROLE_ORDER = ("backbone", "planner", "caller", "summarizer")
 #: The task graph's lane of tool calls.
 TOOLS_LANE = "tools"
+#: The default bound on each call of a plan: a backstop, since the client bounds its own calls.
+PLAN_TIMEOUT = 300.0
+#: What the tool lane answers.
+ToolWork = ToolRequest | ToolPlan
 
 Search = Generator[Any, Any, Any]
 #: ``on_done(key, result, error)``: ``error`` is ``None`` when the search returned ``result``.
@@ -139,7 +148,7 @@ class _Searches:
         except Exception as exc:  # a bug or a bad query: that query fails, the others go on
             self._end(key, None, exc)
             return False
-        if not isinstance(request, Generate | ToolRequest):
+        if not isinstance(request, Generate | ToolRequest | ToolPlan):
             gen.close()
             self._end(key, None, SearchFailed(f"a search yielded {type(request).__name__}"))
             return False
@@ -168,18 +177,21 @@ def run_searches(
     concurrency: int = 8,
     on_done: OnDone | None = None,
     stats: RunStats | None = None,
+    plan_timeout: float = PLAN_TIMEOUT,
 ) -> RunStats:
     """Run every search to its end; ``on_done`` is called as each ends (in the calling
-    thread). ``llm`` is local role models, or one endpoint client per role."""
+    thread). ``llm`` is local role models, or one endpoint client per role;
+    ``plan_timeout`` bounds each call of a :class:`ToolPlan` (seconds)."""
     stats = stats if stats is not None else RunStats()
     items = searches.items() if isinstance(searches, Mapping) else searches
     active = _Searches(items, concurrency, on_done, stats)
     start = time.monotonic()
+    tool_answers = _ToolAnswers(tools, plan_timeout)
     try:
         if isinstance(llm, Mapping):
-            _run_on_endpoints(active, llm, tools)
+            _run_on_endpoints(active, llm, tool_answers)
         else:
-            _run_in_rounds(active, llm, tools)
+            _run_in_rounds(active, llm, tool_answers)
     finally:
         stats.seconds += time.monotonic() - start
         prefill = getattr(llm, "stats", None)
@@ -192,7 +204,7 @@ def run_searches(
 # -- local models: rounds --------------------------------------------------------------------
 
 
-def _run_in_rounds(active: _Searches, models: RoleModels, tools: ToolClient) -> None:
+def _run_in_rounds(active: _Searches, models: RoleModels, tools: _ToolAnswers) -> None:
     active.release = models.release
     active.fill()
     while active:
@@ -226,9 +238,9 @@ def _role_of(request: Any) -> str | None:
     return request.role if isinstance(request, Generate) else None
 
 
-def _run_tools(active: _Searches, tools: ToolClient) -> None:
+def _run_tools(active: _Searches, tools: _ToolAnswers) -> None:
     """Answer tool calls until every active search waits on a model or has ended."""
-    pending = [k for k, r in active.waiting.items() if isinstance(r, ToolRequest)]
+    pending = [k for k, r in active.waiting.items() if isinstance(r, ToolWork)]
     if not pending:
         return
     graph = TaskGraph(max_workers=active.concurrency, lanes={TOOLS_LANE: active.concurrency})
@@ -236,25 +248,71 @@ def _run_tools(active: _Searches, tools: ToolClient) -> None:
 
     def add(key: Hashable) -> None:
         request = active.waiting[key]
-        graph.add((key, next(count)), lambda: _call_tool(tools, request), lane=TOOLS_LANE)
+        graph.add((key, next(count)), lambda: tools.answer(request), lane=TOOLS_LANE)
 
-    def answered(key: Hashable, observation: Observation) -> None:
-        """Send the observation; then the search's next tool call and new searches' first."""
-        active.stats.tool_calls += 1
-        keys = [key] if active.send(key, observation) else []
+    def answered(key: Hashable, result: Any) -> None:
+        """Send the result; then the search's next tool call and new searches' first."""
+        active.stats.tool_calls += _calls_in(active.waiting[key])
+        keys = [key] if active.send(key, result) else []
         for k in keys + active.fill():
-            if isinstance(active.waiting[k], ToolRequest):
+            if isinstance(active.waiting[k], ToolWork):
                 add(k)
 
-    graph.on_done = lambda _g, task, observation: answered(task[0], observation)
-    graph.on_error = lambda _g, task, error: answered(task[0], _failed_observation(error))
+    def failed(key: Hashable, error: BaseException) -> None:
+        answered(key, _failed_answer(active.waiting[key], error))
+
+    graph.on_done = lambda _g, task, result: answered(task[0], result)
+    graph.on_error = lambda _g, task, error: failed(task[0], error)
     for key in pending:
         add(key)
     graph.run()
 
 
-def _call_tool(tools: ToolClient, request: ToolRequest) -> Observation:
-    return tools.call(request.category, request.tool_name, request.api_name, request.tool_input)
+class _ToolAnswers:
+    """Answers the tool lane's requests: one call through the client, or a plan of calls."""
+
+    def __init__(self, client: ToolClient, plan_timeout: float):
+        if not plan_timeout > 0:
+            raise ValueError(f"plan_timeout must be positive, not {plan_timeout!r}")
+        self.client, self.plan_timeout = client, plan_timeout
+
+    def answer(self, request: ToolWork) -> Observation | dict[int, Observation]:
+        if isinstance(request, ToolPlan):
+            return self.run_plan(request)
+        return self.call(request, request.tool_input)
+
+    def call(self, request: ToolRequest, tool_input: dict) -> Observation:
+        return self.client.call(request.category, request.tool_name, request.api_name, tool_input)
+
+    def run_plan(self, plan: ToolPlan) -> dict[int, Observation]:
+        """Each call's observation by id: a plan that cannot run (a reference to a call that
+        made no request, to itself or to a later one) is an error for every call."""
+        functions: dict[str, Any] = {}
+        for planned in plan.calls:
+            route = planned.request  # one function name always has one route
+            functions.setdefault(
+                planned.function, lambda tool_input, r=route: self.call(r, tool_input)
+            )
+        calls = [ToolCall(c.id, c.function, c.request.tool_input) for c in plan.calls]
+        runner = PlanRunner(functions, self.plan_timeout, max_workers=max(len(calls), 1))
+        try:
+            return runner.run(calls)
+        except PlanError as exc:
+            return {
+                c.id: error_observation(f"the calls cannot run as a plan: {exc}") for c in calls
+            }
+
+
+def _calls_in(request: ToolWork) -> int:
+    return len(request.calls) if isinstance(request, ToolPlan) else 1
+
+
+def _failed_answer(request: ToolWork, error: BaseException) -> Observation | dict[int, Observation]:
+    """A tool task that raised, as the search sees calls that failed."""
+    observation = _failed_observation(error)
+    if isinstance(request, ToolPlan):
+        return {planned.id: observation for planned in request.calls}
+    return observation
 
 
 def _failed_observation(error: BaseException) -> Observation:
@@ -266,7 +324,7 @@ def _failed_observation(error: BaseException) -> Observation:
 
 
 def _run_on_endpoints(
-    active: _Searches, clients: Mapping[str, EndpointClient], tools: ToolClient
+    active: _Searches, clients: Mapping[str, EndpointClient], tools: _ToolAnswers
 ) -> None:
     lanes = {role: active.concurrency for role in clients}
     lanes[TOOLS_LANE] = active.concurrency
@@ -277,8 +335,8 @@ def _run_on_endpoints(
         for key in keys:
             request = active.waiting[key]
             task = (key, next(count))
-            if isinstance(request, ToolRequest):
-                graph.add(task, lambda r=request: _call_tool(tools, r), lane=TOOLS_LANE)
+            if isinstance(request, ToolWork):
+                graph.add(task, lambda r=request: tools.answer(r), lane=TOOLS_LANE)
             elif request.role in clients:
                 client = clients[request.role]
                 graph.add(task, lambda r=request, c=client: _ask(c, r), lane=request.role)
@@ -291,17 +349,18 @@ def _run_on_endpoints(
     def done(_graph: TaskGraph, task: tuple, value: Any) -> None:
         key = task[0]
         request = active.waiting[key]
-        if isinstance(request, ToolRequest):
-            active.stats.tool_calls += 1
+        if isinstance(request, ToolWork):
+            active.stats.tool_calls += _calls_in(request)
         else:
             active.stats.count_llm(request.role)
         moved(key, active.send(key, value))
 
     def failed(_graph: TaskGraph, task: tuple, error: BaseException) -> None:
         key = task[0]
-        if isinstance(active.waiting[key], ToolRequest):
-            active.stats.tool_calls += 1
-            moved(key, active.send(key, _failed_observation(error)))
+        request = active.waiting[key]
+        if isinstance(request, ToolWork):
+            active.stats.tool_calls += _calls_in(request)
+            moved(key, active.send(key, _failed_answer(request, error)))
         else:
             moved(key, active.throw(key, error))
 

@@ -6,7 +6,10 @@ and user messages that start every search. :meth:`QueryEnv.step` runs one functi
 way ToolBench's ``step`` does, as a generator: a real API call yields one
 :class:`~inference_utils.toolbench.requests.ToolRequest` and is sent the
 :class:`~inference_utils.toolclient.Observation`; ``Finish``, unknown names and arguments that
-are not JSON are answered here, with ToolBench's texts and status codes. The answer files,
+are not JSON are answered here, with ToolBench's texts and status codes.
+:meth:`QueryEnv.step_plan` runs several calls of one model output as one
+:class:`~inference_utils.toolbench.requests.ToolPlan` (``--parallel_calls``, an extension
+beyond ToolBench), each answered as ``step`` answers it. The answer files,
 ToolEval and the training data all read these texts, so they are reproduced exactly.
 
 Where ToolBench crashes, this module answers instead (and says so where it does):
@@ -25,11 +28,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference_utils.toolbench.requests import ToolRequest
+from inference_utils.toolbench.requests import PlannedCall, ToolPlan, ToolRequest
 from inference_utils.toolclient import Observation
 from inference_utils.toolserver.service import parse_tool_input
 from process_data.protocol import (
@@ -226,14 +229,48 @@ class QueryEnv:
         """
         if not isinstance(arguments, str):
             arguments = json.dumps(arguments)
-        observation, status = yield from self._step(name, arguments)
-        if len(observation) > self.max_observation_length:
-            observation = observation[: self.max_observation_length] + "..."
-        return observation, status
+        answer = self._request(name, arguments)
+        if isinstance(answer, ToolRequest):
+            answer = observed((yield answer))
+        return self._cut(*answer)
 
-    def _step(
-        self, name: str, arguments: str
-    ) -> Generator[ToolRequest, Observation, tuple[str, int]]:
+    def step_plan(
+        self, calls: Sequence[tuple[str, str]]
+    ) -> Generator[ToolPlan, Mapping[int, Observation], list[tuple[str, int]]]:
+        """Run several calls of one model output as one plan:
+        ``results = yield from env.step_plan([(name, arguments), ...])`` gives
+        ``(observation, status)`` for each call, in order, each as :meth:`step` gives it.
+
+        The calls' ids are their positions from 1, so ``$1`` in a call's arguments is the
+        first call's response. A call that :meth:`step` answers itself (``Finish``, an
+        unknown name, arguments that are not a JSON object) gets that answer and makes no
+        request; the others are yielded together as one :class:`ToolPlan`, which is sent
+        back an observation for each id. A call that refers to one that makes no request
+        (or to itself, or to a later one) makes the plan invalid: the plan runner then runs
+        none of it and every planned call's observation is an error naming the problem.
+        """
+        answers: list[tuple[str, int] | None] = []
+        planned: list[PlannedCall] = []
+        for position, (name, arguments) in enumerate(calls, 1):
+            if not isinstance(arguments, str):
+                arguments = json.dumps(arguments)
+            answer = self._request(name, arguments)
+            if isinstance(answer, ToolRequest):
+                planned.append(PlannedCall(position, name, answer))
+                answers.append(None)
+            else:
+                answers.append(answer)
+        if planned:
+            observations = yield ToolPlan(tuple(planned))
+            for call in planned:
+                observation = observations.get(call.id) if observations else None
+                if not isinstance(observation, Observation):
+                    raise ValueError(f"the plan's answer has no observation for call {call.id}")
+                answers[call.id - 1] = observed(observation)
+        return [self._cut(*answer) for answer in answers if answer is not None]
+
+    def _request(self, name: str, arguments: str) -> ToolRequest | tuple[str, int]:
+        """The request a call makes, or the answer of a call that makes none."""
         if name == FINISH:
             return finish(arguments)
         route = self._route(name)
@@ -244,10 +281,12 @@ class QueryEnv:
             tool_input = parse_tool_input(arguments)
         except ValueError:
             return json.dumps({"error": TOOL_INPUT_ERROR, "response": ""}), OK
-        observation = yield ToolRequest(route.category, route.tool_name, route.api_name, tool_input)
-        # ToolBench's client writes the server's answer with json.dumps' defaults
-        text = json.dumps({"error": observation.error, "response": observation.response})
-        return text, observation.status
+        return ToolRequest(route.category, route.tool_name, route.api_name, tool_input)
+
+    def _cut(self, observation: str, status: int) -> tuple[str, int]:
+        if len(observation) > self.max_observation_length:
+            observation = observation[: self.max_observation_length] + "..."
+        return observation, status
 
     def _route(self, name: str) -> ApiRoute | None:
         """ToolBench's lookup: the first function whose name ends with ``name``."""
@@ -255,6 +294,13 @@ class QueryEnv:
             if function["name"].endswith(name) and function["name"] in self.routes:
                 return self.routes[function["name"]]
         return None
+
+
+def observed(observation: Observation) -> tuple[str, int]:
+    """A tool's observation as ToolBench's step writes it: its client's ``json.dumps`` (with
+    the defaults) of the error and the response, and the status code."""
+    text = json.dumps({"error": observation.error, "response": observation.response})
+    return text, observation.status
 
 
 def finish(arguments: str) -> tuple[str, int]:

@@ -15,7 +15,8 @@ The prompts are the training inputs of the same history: the messages are conver
 file's ``train_messages`` into training data), the functions by its stage-1 tool conversion,
 and the histories are rendered by its role builders. A step of an answer file written by this
 agent therefore trains on exactly the prompt the agent saw. Model outputs are read only by
-:func:`process_data.protocol.parse_decision` and :func:`~process_data.protocol.parse_action`.
+:func:`process_data.protocol.parse_decision`, :func:`~process_data.protocol.parse_action` and
+(with ``parallel``) :func:`~process_data.protocol.parse_actions`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Generator, Hashable
 from typing import Protocol
 
 from inference_utils.toolbench.requests import Generate
+from inference_utils.toolbench.search import PARALLEL_CALLS
 from process_data.protocol import (
     ASSISTANT,
     FINISH,
@@ -33,6 +35,7 @@ from process_data.protocol import (
     build_prompt,
     format_plan,
     parse_action,
+    parse_actions,
     parse_decision,
     render_turn,
 )
@@ -75,9 +78,21 @@ def finish_message(thought: str | None, final_answer: str | None) -> dict:
     return assistant_message(thought, FINISH, json.dumps(arguments, ensure_ascii=False))
 
 
-def call_message(thought: str | None, call_text: str | None) -> dict:
+def call_message(thought: str | None, call_text: str | None, parallel: bool = False) -> dict:
     """The function call a caller (or backbone) text makes; an unreadable one calls
-    :data:`UNPARSED_NAME`, which the environment answers as an unknown function."""
+    :data:`UNPARSED_NAME`, which the environment answers as an unknown function.
+
+    With ``parallel``, a text holding several actions (read by ``parse_actions``), none of
+    them ``Finish``, makes the message of its first action with every action (the first
+    too) under the key :data:`~inference_utils.toolbench.search.PARALLEL_CALLS`, for the
+    search to run as one plan; any other text is read as without ``parallel``.
+    """
+    if parallel and call_text is not None:
+        actions = parse_actions(call_text)
+        if len(actions) >= 2 and all(name != FINISH for name, _ in actions):
+            message = assistant_message(thought, *actions[0])
+            message[PARALLEL_CALLS] = [{"name": n, "arguments": a} for n, a in actions]
+            return message
     parsed = parse_action(call_text) if call_text is not None else None
     name, arguments = parsed if parsed is not None else (UNPARSED_NAME, UNPARSED_ARGUMENTS)
     return assistant_message(thought, name, arguments)
@@ -93,11 +108,13 @@ class _RolePrompts:
         query_id: Hashable = None,
         prompt_types: dict[str, str] | None = None,
         chat: bool = False,
+        parallel: bool = False,
     ):
         self.instruction = instruction
         self.query_id = query_id
         self.prompt_types = dict(prompt_types or {})
         self.chat = chat
+        self.parallel = parallel
 
     def conversation(self, messages: list[dict], tools: list[dict]) -> list[dict]:
         """The α-UMi turns of the messages, converted as process_data converts an answer
@@ -147,7 +164,7 @@ class MultiLLMPolicy(_RolePrompts):
             answer = yield self.request("summarizer", tools, turns, history)
             return finish_message(decision.thought, answer)
         call = yield self.request("caller", tools, turns, history, thought=turn)
-        return call_message(decision.thought, call)
+        return call_message(decision.thought, call, self.parallel)
 
 
 class BackbonePolicy(_RolePrompts):
@@ -164,7 +181,7 @@ class BackbonePolicy(_RolePrompts):
             return finish_message(thought, None)
         if decision.kind == "conclusion":
             return finish_message(thought, decision.follow_up)
-        return call_message(thought, decision.follow_up)
+        return call_message(thought, decision.follow_up, self.parallel)
 
 
 def make_policy(
@@ -173,7 +190,9 @@ def make_policy(
     query_id: Hashable = None,
     prompt_types: dict[str, str] | None = None,
     chat: bool = False,
+    parallel: bool = False,
 ) -> MultiLLMPolicy | BackbonePolicy:
-    """The policy of one query: the single LLM, or α-UMi's three roles."""
+    """The policy of one query: the single LLM, or α-UMi's three roles. With ``parallel``, a
+    call text holding several actions is run as one plan (see :func:`call_message`)."""
     cls = BackbonePolicy if backbone else MultiLLMPolicy
-    return cls(instruction, query_id, prompt_types, chat)
+    return cls(instruction, query_id, prompt_types, chat, parallel)

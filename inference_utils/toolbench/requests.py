@@ -41,4 +41,27 @@ class ToolRequest:
     tool_input: dict
 
 
-Request = Generate | ToolRequest
+@dataclass(frozen=True)
+class PlannedCall:
+    """One call of a :class:`ToolPlan`: ``id`` is its position in the model's output (from
+    1), ``function`` the name the model called; ``request.tool_input`` may hold ``$N`` /
+    ``${N}`` references to the responses of earlier calls of the plan."""
+
+    id: int
+    function: str
+    request: ToolRequest
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """Several real API calls of one model output, run as one plan
+    (:class:`inference_utils.dag.PlanRunner`): each as soon as the calls it refers to have
+    answered.
+
+    The driver sends back ``{id: Observation}`` with one observation for every call.
+    """
+
+    calls: tuple[PlannedCall, ...]
+
+
+Request = Generate | ToolRequest | ToolPlan

@@ -4,7 +4,8 @@
         --queries G1_instruction.json --toolserver http://127.0.0.1:8080/virtual \\
         --method DFS_woFilter_w2 --output_dir out/answers/G1_instruction \\
         --planner_model_name_or_path P --caller_model_name_or_path C \\
-        --summarizer_model_name_or_path S [--concurrency 8] [--max_observation_length 1024]
+        --summarizer_model_name_or_path S [--concurrency 8] [--max_observation_length 1024] \\
+        [--parallel_calls]
 
 Each query runs ToolBench's search (``CoT@n`` or ``DFS_woFilter_wN``) with α-UMi's planner,
 caller and summarizer (local checkpoints, LoRA adapters with ``--<role>_use_lora``, or
@@ -12,6 +13,14 @@ OpenAI-compatible endpoints with ``--<role>_endpoint URL``), or with one model i
 single-LLM mode (``--backbone_model_name_or_path`` / ``--backbone_endpoint``); the role flags
 are the static pipeline's. Up to ``--concurrency`` queries run at once: their tool calls in
 parallel, their model calls batched per role (local models) or in parallel (endpoints).
+
+``--parallel_calls`` (off by default; an extension beyond α-UMi and ToolBench): a caller (or
+backbone) output holding several ``Action:`` / ``Action Input:`` pairs, none of them
+``Finish``, runs them all as one plan, each call as soon as those it refers to have answered:
+an argument value ``"$N"`` (or ``"${N}"``) is the N-th call's response, ``${N}`` inside text its
+text. The answer file holds them as consecutive calls (the first with the thought), so ToolEval
+and process_data read it unchanged. Without the flag such an output is read as ToolBench and
+α-UMi read it: one call whose arguments are the rest of the text.
 
 Outputs in ``--output_dir``: one ToolBench answer file per query,
 ``<query_id>_<method>.json`` (under a folder named after the query file when ``--queries`` is
@@ -172,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--parallel_calls",
         action="store_true",
-        help="run a caller output holding several calls as one plan (not implemented yet)",
+        help="run a caller output holding several calls as one plan ($N: the N-th call's "
+        "response); off by default, an extension beyond alpha-UMi",
     )
     p.add_argument("--single_chain_max_step", type=int, default=MAX_STEPS)
     p.add_argument("--max_query_count", type=int, default=MAX_QUERY_COUNT, help="LLM calls")
@@ -211,7 +221,9 @@ def _search(
     descriptions: dict[str, str],
 ) -> Generator[Request, object, SearchResult]:
     env = QueryEnv.from_query(query.data, descriptions, args.max_observation_length)
-    policy = make_policy(backbone, env.query, query.key, prompt_types_of(args), chat)
+    policy = make_policy(
+        backbone, env.query, query.key, prompt_types_of(args), chat, args.parallel_calls
+    )
     return (
         yield from search(
             method,
@@ -225,9 +237,6 @@ def _search(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.parallel_calls:
-        _say("--parallel_calls: not implemented yet")
-        return 2
     if args.concurrency < 1:
         _say("--concurrency must be at least 1")
         return 2
@@ -315,6 +324,8 @@ def _run(
                 args.concurrency,
                 on_done,
                 stats,
+                # a backstop for a planned call: each attempt's timeout and backoff (≤ 10 s)
+                plan_timeout=(args.tool_timeout + 10.0) * (args.tool_retries + 1),
             )
         finally:
             tools.close()

@@ -12,7 +12,9 @@ policy's :class:`Generate` requests and the environment's :class:`ToolRequest` r
 sent their results, and returns a :class:`SearchResult`. Where ToolBench calls
 ``llm.parse(functions)`` it runs ``yield from policy.decide(messages, functions)``, with the
 messages the model sees (those marked invalid left out, as ToolBench's ChatGPT client leaves
-them out); where it calls ``io_func.step`` it runs ``yield from env.step(name, arguments)``.
+them out); where it calls ``io_func.step`` it runs ``yield from env.step(name, arguments)``, or,
+for a message holding several calls (:data:`PARALLEL_CALLS`), ``env.step_plan``, which yields
+one :class:`~inference_utils.toolbench.requests.ToolPlan` for all of them.
 
 The LLM calls of a query are the :class:`Generate` requests yielded, so a multi-LLM policy
 counts two per step. A DFS stops at ``max_query_count`` calls: a policy that would go past it
@@ -31,9 +33,14 @@ from typing import Protocol
 
 from inference_utils.toolbench.functions import FINAL_ANSWER, GIVE_UP, NO_SUCH_FUNCTION, QueryEnv
 from inference_utils.toolbench.requests import Generate, Request
-from process_data.protocol import DIVERSITY_PROMPT, HALLUCINATED_NAME
+from process_data.protocol import DIVERSITY_PROMPT, FINISH, HALLUCINATED_NAME
 
 THOUGHT, ACTION, ACTION_INPUT = "Thought", "Action", "Action Input"
+#: The key of a policy's message that holds every call of a model output with several
+#: (``--parallel_calls``, an extension beyond ToolBench): ``[{"name", "arguments"}, ...]``,
+#: the message's own ``function_call`` first. The search takes it out of the message, so it
+#: never reaches a prompt or an answer file.
+PARALLEL_CALLS = "parallel_calls"
 #: ToolBench's ``single_chain_max_step``: the deepest node of a chain.
 MAX_STEPS = 12
 #: ToolBench's ``max_query_count`` for a query (``run_single_task``).
@@ -310,29 +317,57 @@ class _Run:
         self, node: Node, message: dict, finish_back: int | None
     ) -> Generator[Request, object, Node]:
         """Add the nodes of one model message below ``node`` and run its call (ToolBench's
-        loop body in ``DFS`` and ``do_chain_function``); returns the last node."""
+        loop body in ``DFS`` and ``do_chain_function``); returns the last node.
+
+        A message with :data:`PARALLEL_CALLS` (two or more) runs them as one plan
+        (:meth:`QueryEnv.step_plan`), then adds an Action and an Action Input node for each
+        call in order, with the messages of consecutive calls: the message itself for the
+        first, a message without a thought for each later one, each followed by its
+        observation. Answer files hold them as ToolBench holds calls made one after another.
+        """
+        message = dict(message)
+        calls = message.pop(PARALLEL_CALLS, None)
         now = node
         if message.get("content") is not None:
             now = now.add_child(THOUGHT, message["content"])
         call = message.get("function_call")
-        if call is not None:
-            now = now.add_child(ACTION, call["name"])
-            arguments = call["arguments"]
-            observation, status = yield from self.env.step(call["name"], arguments)
-            now = now.add_child(ACTION_INPUT, arguments)
-            now.observation, now.observation_code = observation, status
-            now.is_terminal = status == FINAL_ANSWER
-            if status == GIVE_UP:
-                now.pruned = True
-            elif status == NO_SUCH_FUNCTION:
-                message = {**message, "function_call": {**call, "name": HALLUCINATED_NAME}}
-            elif status == FINAL_ANSWER and finish_back is not None:
-                now.make_finish(finish_back)
-        now.messages.append(message)
-        if now.node_type == ACTION_INPUT:
-            name = message["function_call"]["name"]
-            now.messages.append({"role": "function", "name": name, "content": now.observation})
+        if call is None:
+            now.messages.append(message)
+            return now
+        if calls is not None and len(calls) >= 2:
+            pairs = [(c["name"], c["arguments"]) for c in calls]
+            results = yield from self.env.step_plan(pairs)
+            messages = [message]
+            for later in calls[1:]:
+                messages.append({"role": "assistant", "content": None, "function_call": later})
+        else:
+            results = [(yield from self.env.step(call["name"], call["arguments"]))]
+            messages = [message]
+        for step, (observation, status) in zip(messages, results, strict=True):
+            now = _add_call(now, step, observation, status, finish_back)
         return now
+
+
+def _add_call(
+    node: Node, message: dict, observation: str, status: int, finish_back: int | None
+) -> Node:
+    """The Action and Action Input nodes of a call that got ``observation``, with the
+    assistant message (its name replaced when it names no function) and the function
+    message appended to the Action Input's messages."""
+    call = message["function_call"]
+    now = node.add_child(ACTION, call["name"]).add_child(ACTION_INPUT, call["arguments"])
+    now.observation, now.observation_code = observation, status
+    now.is_terminal = status == FINAL_ANSWER
+    if status == GIVE_UP:
+        now.pruned = True
+    elif status == NO_SUCH_FUNCTION:
+        message = {**message, "function_call": {**call, "name": HALLUCINATED_NAME}}
+    elif status == FINAL_ANSWER and finish_back is not None:
+        now.make_finish(finish_back)
+    now.messages.append(message)
+    name = message["function_call"]["name"]
+    now.messages.append({"role": "function", "name": name, "content": observation})
+    return now
 
 
 def _checked(message: object) -> dict:
@@ -343,14 +378,29 @@ def _checked(message: object) -> dict:
         # ToolBench fails on such a message or asks again from the same node without end
         raise ValueError("a policy must return a thought or a function call")
     if call is not None:
-        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-            raise ValueError(f"a function_call needs a name: {call!r}")
-        arguments = call.get("arguments", "")
-        if not isinstance(arguments, str):
-            arguments = json.dumps(arguments)
-        call = {**call, "arguments": arguments}
+        call = _checked_call(call)
         message = {**message, "function_call": call}
+    calls = message.get(PARALLEL_CALLS)
+    if calls is not None:
+        if not isinstance(calls, list) or call is None:
+            raise ValueError(f"{PARALLEL_CALLS} must be a list of the message's calls")
+        calls = [_checked_call(c) for c in calls]
+        if calls and calls[0] != call:
+            raise ValueError(f"the first of {PARALLEL_CALLS} must be the function_call")
+        if any(c["name"] == FINISH for c in calls):
+            raise ValueError(f"{FINISH} cannot be one of {PARALLEL_CALLS}")
+        message = {**message, PARALLEL_CALLS: calls}
     return dict(message)
+
+
+def _checked_call(call: object) -> dict:
+    """A function call with a name and its arguments as text."""
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+        raise ValueError(f"a function_call needs a name: {call!r}")
+    arguments = call.get("arguments", "")
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments)
+    return {**call, "arguments": arguments}
 
 
 # --------------------------------------------------------------------------------------------
