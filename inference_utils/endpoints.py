@@ -33,7 +33,12 @@ _ROLE_WORDS = re.compile(r"\b(tool|function)\b", re.I)
 
 
 class EndpointError(RuntimeError):
-    """A request that failed for good (after retries, or with a final 4xx answer)."""
+    """A request that failed for good (after retries, or with a final 4xx answer).
+    ``timed_out``: its last attempt ran out of time (a slow server, not a broken one)."""
+
+    def __init__(self, message: str, timed_out: bool = False):
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 @dataclass(frozen=True)
@@ -217,10 +222,12 @@ class EndpointClient:
         where = f"{method} {self.endpoint.url.rstrip('/')}{path}"
         for attempt in range(self.max_retries + 1):
             delay = self.backoff * 2**attempt * random.uniform(0.5, 1.0)  # jittered
+            timed_out = False
             try:
                 response = self._http.request(method, path, json=body)
             except httpx.TransportError as exc:  # refused, reset, timed out
                 problem = f"{type(exc).__name__}: {exc}"
+                timed_out = isinstance(exc, httpx.TimeoutException)
             else:
                 if response.status_code < 400:
                     try:
@@ -243,7 +250,9 @@ class EndpointClient:
             if attempt == self.max_retries:
                 break
             time.sleep(min(delay, 30.0))
-        raise EndpointError(f"{where}: failed after {self.max_retries + 1} attempts: {problem}")
+        raise EndpointError(
+            f"{where}: failed after {self.max_retries + 1} attempts: {problem}", timed_out
+        )
 
 
 class _RoleRejected(Exception):

@@ -162,7 +162,7 @@ def test_stable_mode_and_its_denominator(data, tmp_path: Path) -> None:
         assert "q7" not in read_json(tmp_path / "stb" / "G1_instruction_m.json")
 
 
-def test_judge_faults(data, tmp_path: Path) -> None:
+def test_judge_faults(data, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """429s and 500s are retried; text that is not a verdict is asked again, then recorded as
     Unsure with the reason; a judge that hangs past the timeout fails the run (exit 3), and the
     run resumes from the verdicts it got."""
@@ -174,11 +174,15 @@ def test_judge_faults(data, tmp_path: Path) -> None:
     with ScriptedJudge(SCRIPT) as judge:
         judge.faults.fail_always, judge.faults.fail_status = True, 500
         assert run(data, judge, tmp_path / "b", "--max_retries", "1") == 3
+    said = capsys.readouterr().err
+    assert "the judge failed" in said and "--request_timeout" not in said  # broken, not slow
     with ScriptedJudge(SCRIPT) as judge:
         judge.faults.delay_first, judge.faults.delay = 10**6, 5.0
         assert (
             run(data, judge, tmp_path / "b", "--max_retries", "0", "--request_timeout", "0.5") == 3
         )
+    said = capsys.readouterr().err
+    assert "slower than --request_timeout" in said and "resumes" in said
     with ScriptedJudge(SCRIPT) as judge:
         assert run(data, judge, tmp_path / "b") == 0
         assert judge.posts == 42

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from inference_utils.endpoints import Endpoint, EndpointClient
+from inference_utils.endpoints import Endpoint, EndpointClient, EndpointError
 from inference_utils.tooleval.judge import Judge, Rubric, VerdictCache
 
 
@@ -116,3 +117,16 @@ def judge_all(fn: Callable[..., Any], jobs: Sequence[tuple], threads: int, desc:
         return [f.result() for f in tqdm(futures, desc=desc, unit="judgment", disable=None)]
     finally:
         pool.shutdown(cancel_futures=True)
+
+
+def judge_failed(prog: str, test_set: str, error: EndpointError) -> int:
+    """Say that the judge failed for good and how to go on; returns the exit code, 3."""
+    print(f"{prog}: {test_set}: the judge failed: {error}", file=sys.stderr)
+    if error.timed_out:
+        print(
+            "the judge is slower than --request_timeout: raise it, or lower --max_eval_threads "
+            "(a local server answers one request at a time, so the others wait in line)",
+            file=sys.stderr,
+        )
+    print("the verdicts received are cached: the same command resumes from them", file=sys.stderr)
+    return 3

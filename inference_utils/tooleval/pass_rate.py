@@ -40,7 +40,7 @@ from pathlib import Path
 
 from inference_utils.endpoints import EndpointError
 from inference_utils.tooleval.judge import Judge, RubricError
-from inference_utils.tooleval.judges import add_judge_flags, build_judge, judge_all
+from inference_utils.tooleval.judges import add_judge_flags, build_judge, judge_all, judge_failed
 from process_data.jsonio import write_json_atomic
 
 SOLVED, UNSOLVED, UNSURE = "Solved", "Unsolved", "Unsure"
@@ -371,12 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             result = evaluate_set(judge, answers, test_ids, args, test_set)
         except EndpointError as exc:
-            print(f"umi-tooleval-pass-rate: {test_set}: the judge failed: {exc}", file=sys.stderr)
-            print(
-                "the verdicts received are cached: the same command resumes from them",
-                file=sys.stderr,
-            )
-            return 3
+            return judge_failed("umi-tooleval-pass-rate", test_set, exc)
         write_set(result, args.save_path, model, args, answers)
         evaluated += 1
         print(

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from inference_utils.endpoints import EndpointError
 from inference_utils.tooleval.judge import Judge, RubricError
-from inference_utils.tooleval.judges import add_judge_flags, build_judge, judge_all
+from inference_utils.tooleval.judges import add_judge_flags, build_judge, judge_all, judge_failed
 from inference_utils.tooleval.pass_rate import (
     SOLVED,
     TEST_SETS,
@@ -303,12 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             result = evaluate_set(judge, refs, outs, ref_pass, out_pass, test_ids, args, test_set)
         except EndpointError as exc:
-            print(f"umi-tooleval-win-rate: {test_set}: the judge failed: {exc}", file=sys.stderr)
-            print(
-                "the verdicts received are cached: the same command resumes from them",
-                file=sys.stderr,
-            )
-            return 3
+            return judge_failed("umi-tooleval-win-rate", test_set, exc)
         write_set(result, refs, outs, args)
         evaluated += 1
         print(
