@@ -59,7 +59,18 @@ from inference_utils.toolbench.functions import QueryEnv  # noqa: E402
 from inference_utils.toolbench.policies import make_policy  # noqa: E402
 from inference_utils.toolbench.search import search  # noqa: E402
 from inference_utils.toolclient import ToolClient  # noqa: E402
-from process_data.protocol import format_action  # noqa: E402
+from process_data.protocol import (  # noqa: E402
+    ASSISTANT,
+    MODEL_INPUT_PREFIX,
+    OBSERVATION,
+    PROMPT_TEMPLATES,
+    format_action,
+)
+
+# Where the tool documents sit in a caller prompt, and how history turns start.
+_DOCS_BEFORE, _DOCS_AFTER = PROMPT_TEMPLATES["toolbench_caller"].split("{doc}")
+_DOCS_AFTER = _DOCS_AFTER.split("{history}")[0].rstrip("\n")
+_SEEN, _PLANNED = f"{OBSERVATION}: ", f"{ASSISTANT}: "
 
 # --------------------------------------------------------------------------------------------
 # Servers: the delaying tool proxy, the rule-playing role endpoints
@@ -100,14 +111,14 @@ class _DelayHandler(BaseHTTPRequestHandler):
 
 def tool_docs(prompt: str) -> list[dict]:
     """The α-UMi tool documents at the head of a role prompt."""
-    head = prompt.split("You have assess to the following apis:\n", 1)[-1]
-    docs = head.split("\nThe conversation history is:", 1)[0]
+    head = prompt.split(_DOCS_BEFORE, 1)[-1]
+    docs = head.split(_DOCS_AFTER, 1)[0]
     return [json.loads(line) for line in docs.splitlines() if line.startswith("{")]
 
 
 def rule(role: str, prompt: str, calls: int) -> str:
     """What each role answers: ``calls`` tool calls, then the answer."""
-    seen = prompt.count("observation: ")
+    seen = prompt.count(_SEEN)
     if role == "planner":
         if seen < calls:
             return f"Step {seen + 1}: call the next API.\n Next: caller."
@@ -117,7 +128,7 @@ def rule(role: str, prompt: str, calls: int) -> str:
         tool = docs[seen % len(docs)]
         arguments = {name: "1" for name in tool.get("input", {})}
         return format_action(tool["Name"], json.dumps(arguments))
-    last = prompt.rsplit("observation: ", 1)[-1].split("assistant: ")[0]
+    last = prompt.rsplit(_SEEN, 1)[-1].split(_PLANNED)[0]
     return "From the tools: " + last[:80]
 
 
@@ -136,7 +147,7 @@ class RoleServer:
             body = await request.json()
             if delay:
                 await asyncio.sleep(delay)
-            prompt = body["prompt"].removeprefix("system: ")
+            prompt = body["prompt"].removeprefix(MODEL_INPUT_PREFIX)
             text = rule(role, prompt, calls)
             return JSONResponse({"choices": [{"index": 0, "text": text}]})
 
