@@ -26,7 +26,6 @@ import hashlib
 import itertools
 import json
 import re
-import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Protocol
 
 import yaml
+
+from inference_utils.sqlite_store import SQLiteStore
 
 DEFAULT_RUBRIC = Path(__file__).with_name("judge_prompts.yaml")
 QUESTIONS = (
@@ -136,21 +137,17 @@ class Rubric:
         return [{"role": "user", "content": q.prompt.format(**arguments)}], function
 
 
-class VerdictCache:
+VERDICTS = (
+    "CREATE TABLE IF NOT EXISTS verdicts (model TEXT NOT NULL, request TEXT NOT NULL, "
+    "round INTEGER NOT NULL, verdict TEXT NOT NULL, PRIMARY KEY (model, request, round))"
+)
+
+
+class VerdictCache(SQLiteStore):
     """Verdicts by (judge model, request hash, round), in SQLite (WAL); thread-safe."""
 
     def __init__(self, path: str | Path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS verdicts (model TEXT NOT NULL, "
-                "request TEXT NOT NULL, round INTEGER NOT NULL, verdict TEXT NOT NULL, "
-                "PRIMARY KEY (model, request, round))"
-            )
+        super().__init__(path, VERDICTS)
 
     def get(self, model: str, request: str, round_: int) -> dict | None:
         with self._lock:
@@ -166,10 +163,6 @@ class VerdictCache:
                 "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?)",
                 (model, request, round_, json.dumps(verdict)),
             )
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
 
 def request_hash(messages: Sequence[dict], function: dict) -> str:

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import ast
 import json
-import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from inference_utils.sqlite_store import SQLiteStore
 from process_data.protocol import api_name_of, category_name_of, standardize
 
 from .tools import ApiKey
@@ -58,30 +57,11 @@ class Entry:
     source: str
 
 
-class AnswerCache:
+class AnswerCache(SQLiteStore):
     """Thread-safe access to the cache database (one connection, serialized)."""
 
     def __init__(self, path: str | Path, timeout: float = 30.0):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(
-            self.path, timeout=timeout, isolation_level=None, check_same_thread=False
-        )
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> AnswerCache:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().__init__(path, SCHEMA, timeout)
 
     def get(self, key: ApiKey, arguments: str) -> dict | None:
         """The cached answer to ``arguments`` (a :func:`canonical` string), or None."""

@@ -1,0 +1,39 @@
+"""The SQLite file behind the caches that must survive a crash (the tool server's answers, the
+judges' verdicts): one connection shared by threads and serialized by a lock, in WAL mode with
+``synchronous=NORMAL``, so a commit is in the write-ahead log when it returns and a SIGKILL
+loses nothing already stored. Several processes may share the file; SQLite serializes their
+writes and waits up to ``timeout`` seconds for a lock."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Self
+
+
+class SQLiteStore:
+    """Opens (creating its folder and ``schema``, one ``CREATE ... IF NOT EXISTS`` statement)
+    and closes the database; subclasses run their queries under ``self._lock``."""
+
+    def __init__(self, path: str | Path, schema: str, timeout: float = 30.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(
+            self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+        )
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(schema)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
