@@ -389,9 +389,8 @@ def _bool(text: str) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from tqdm import tqdm
-
     from process_data.jsonio import iter_json_array
+    from process_data.progress import progress
 
     records = [r for path in args.data_path.split(",") if path for r in iter_json_array(path)]
     samples = list(step_samples(records, args.planner_prompt_type))
@@ -419,9 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = dict(done)
     with (
         open(jsonl, "a", encoding="utf-8") as fh,
-        tqdm(
-            total=len(samples), initial=len(done), unit="step", file=sys.stderr, disable=None
-        ) as bar,
+        progress(len(samples), "step", initial=len(done)) as bar,
     ):
 
         def save(new: list[dict]) -> None:

@@ -278,7 +278,7 @@ def _run(
     summary: Summary,
     stats: RunStats,
 ) -> None:
-    from tqdm import tqdm
+    from process_data.progress import progress
 
     clients = build_clients(args, PROG)
     chat = clients is not None and args.endpoint_api == "chat"
@@ -291,7 +291,7 @@ def _run(
         max_retries=args.tool_retries,
         max_connections=max(args.concurrency, 1),
     )
-    with tqdm(total=len(todo), unit="query", file=sys.stderr, disable=None) as bar:
+    with progress(len(todo), "query") as bar:
 
         def on_done(key: Hashable, result: object, error: BaseException | None) -> None:
             query = by_key[key]

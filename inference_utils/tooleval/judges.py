@@ -19,10 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from inference_utils.endpoints import Endpoint, EndpointClient, EndpointError
 from inference_utils.tooleval.judge import Judge, Rubric, VerdictCache
+from process_data.progress import progress
 
 
 def add_judge_flags(parser: argparse.ArgumentParser) -> None:
@@ -114,7 +113,12 @@ def judge_all(fn: Callable[..., Any], jobs: Sequence[tuple], threads: int, desc:
     pool = ThreadPoolExecutor(max(1, threads))
     try:
         futures = [pool.submit(fn, *job) for job in jobs]
-        return [f.result() for f in tqdm(futures, desc=desc, unit="judgment", disable=None)]
+        results = []
+        with progress(len(futures), "judgment", desc) as bar:
+            for future in futures:
+                results.append(future.result())
+                bar.update()
+        return results
     finally:
         pool.shutdown(cancel_futures=True)
 

@@ -24,6 +24,7 @@ from process_data.jsonio import (
     iter_json_array,
     write_json_atomic,
 )
+from process_data.progress import progress
 from process_data.protocol import PROMPT_TEMPLATES, ROLES
 from process_data.toolbench.formats import FORMATS
 from process_data.toolbench.outputs import Outputs, make_batches, process_batch
@@ -239,11 +240,9 @@ def run(
     extra_summary: dict | None = None,
 ) -> int:
     """Convert every item, write the outputs, the rejects and the summary; return the exit code."""
-    from tqdm import tqdm
-
     start = time.perf_counter()
     rejects = JsonlWriter(rejects_path)
-    bar = tqdm(total=total, unit="traj", desc="process_data", disable=None, file=sys.stderr)
+    bar = progress(total, "traj", "process_data")
 
     def account(result: Result) -> None:
         for reject in result.rejects:
