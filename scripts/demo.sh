@@ -3,7 +3,7 @@
 # ToolBench answers → stage 1 → stage 2 → backbone/planner/caller/summarizer training sets →
 # GLPFT stage 1 (backbone) → stage 2 (planner, caller, summarizer) on the default small model →
 # static step-level evaluation of the trained roles (α-UMi's metrics) → the tool server and
-# the real-time agent on a few test queries.
+# the real-time agent on a few test queries → ToolEval's pass rate of its answers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -73,5 +73,15 @@ finally:
     server.terminate()
     server.wait()
 PY
+echo "== ToolEval: the agent's answers converted, their pass rate (the default model as a local"
+echo "== judge; a 135M judge shows the workflow, not a meaningful score) and a report"
+$py -m inference_utils.tooleval.convert --answer_dir "$out/answers/G1_instruction" --method CoT@1 \
+  --output "$out/tooleval/converted/G1_instruction.json"
+# the test ids are the converted file's keys: the queries the agent answered
+$py -m inference_utils.tooleval.pass_rate --converted_answer_path "$out/tooleval/converted" \
+  --test_ids "$out/tooleval/converted" --test_set G1_instruction --model demo_agent \
+  --save_path "$out/tooleval/pass" --evaluator local:smollm2-135m --evaluate_times 1
+$py -m inference_utils.tooleval.report "$out/tooleval/pass" --output "$out/tooleval/report"
 echo "== done: $out/data (training sets), $out/glpft (models), $out/static (metrics),"
-echo "   $out/answers (the agent's ToolBench answer files, summary.json)"
+echo "   $out/answers (the agent's ToolBench answer files, summary.json),"
+echo "   $out/tooleval (converted answers, pass rate, report.md/.csv/.png)"
