@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+from inference_utils.tooleval.report import _answer_set
 from inference_utils.tooleval.report import main as report_main
 
 
@@ -58,3 +59,8 @@ def test_report(tmp_path: Path) -> None:
     png = (tmp_path / "report" / "report.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     assert report_main([str(tmp_path / "nothing"), "--output", str(tmp_path / "r2")]) == 1
+
+
+def test_a_pass_row_and_a_win_row_of_one_answer_set_share_its_colour() -> None:
+    assert _answer_set("ours (v2) (toolbench)") == _answer_set("ours (v2) vs chatgpt_cot")
+    assert _answer_set("ours (v2) (stable)") == "ours (v2)"

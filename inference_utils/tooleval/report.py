@@ -85,6 +85,11 @@ def markdown(header: list[str], cells: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
 
+def _answer_set(row: str) -> str:
+    """The answers a row is about: ``"<model> (<mode>)"`` or ``"<candidate> vs <reference>"``."""
+    return row.split(" vs ")[0] if " vs " in row else row.rsplit(" (", 1)[0]
+
+
 def chart(passes: dict, wins: dict, path: Path) -> None:
     import matplotlib
 
@@ -96,6 +101,9 @@ def chart(passes: dict, wins: dict, path: Path) -> None:
         (wins, "win_rate", None, "win rate (%, ties as half)"),
     ]
     panels = [p for p in panels if p[0]]
+    # one colour per answer set, the same in both panels
+    sets = list(dict.fromkeys(_answer_set(name) for rows, *_ in panels for name in rows))
+    colour = {name: f"C{k % 10}" for k, name in enumerate(sets)}
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 4 * len(panels)), squeeze=False)
     for ax, (rows, value, spread, label) in zip(axes[:, 0], panels, strict=True):
         groups = [g for g in GROUPS if any(g in r for r in rows.values())]
@@ -104,12 +112,14 @@ def chart(passes: dict, wins: dict, path: Path) -> None:
             xs = [i + k * width for i, g in enumerate(groups) if g in by_group]
             ys = [by_group[g][value] for g in groups if g in by_group]
             errs = [by_group[g][spread] for g in groups if g in by_group] if spread else None
-            ax.bar(xs, ys, width, yerr=errs, capsize=3, label=name)
+            ax.bar(xs, ys, width, yerr=errs, capsize=3, label=name, color=colour[_answer_set(name)])
         ax.set_xticks(
             [i + 0.4 - width / 2 for i in range(len(groups))], [GROUPS[g] for g in groups]
         )
         ax.set_ylabel(label)
         ax.set_ylim(0, 100)
+        if value == "win_rate":
+            ax.axhline(50, color="grey", linestyle="--", linewidth=0.8)  # as good as the reference
         ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
