@@ -48,7 +48,7 @@ def progress(
         initial=initial,
         file=_Lines(stream),
         mininterval=LOG_INTERVAL,
-        maxinterval=LOG_INTERVAL,
+        miniters=1,  # fixed: tqdm's monitor thread then adds no refresh of its own
         ascii=True,
         ncols=100,
     )
