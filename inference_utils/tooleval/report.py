@@ -85,9 +85,11 @@ def markdown(header: list[str], cells: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
 
-def _answer_set(row: str) -> str:
-    """The answers a row is about: ``"<model> (<mode>)"`` or ``"<candidate> vs <reference>"``."""
-    return row.split(" vs ")[0] if " vs " in row else row.rsplit(" (", 1)[0]
+def answer_set(by_group: dict[str, dict]) -> str:
+    """The answers a row is about: its summaries' ``model`` (pass rate) or ``candidate`` (win
+    rate)."""
+    summary = next(iter(by_group.values()))
+    return summary.get("model") or summary["candidate"]
 
 
 def chart(passes: dict, wins: dict, path: Path) -> None:
@@ -102,7 +104,7 @@ def chart(passes: dict, wins: dict, path: Path) -> None:
     ]
     panels = [p for p in panels if p[0]]
     # one colour per answer set, the same in both panels
-    sets = list(dict.fromkeys(_answer_set(name) for rows, *_ in panels for name in rows))
+    sets = list(dict.fromkeys(answer_set(r) for rows, *_ in panels for r in rows.values()))
     colour = {name: f"C{k % 10}" for k, name in enumerate(sets)}
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 4 * len(panels)), squeeze=False)
     for ax, (rows, value, spread, label) in zip(axes[:, 0], panels, strict=True):
@@ -112,7 +114,9 @@ def chart(passes: dict, wins: dict, path: Path) -> None:
             xs = [i + k * width for i, g in enumerate(groups) if g in by_group]
             ys = [by_group[g][value] for g in groups if g in by_group]
             errs = [by_group[g][spread] for g in groups if g in by_group] if spread else None
-            ax.bar(xs, ys, width, yerr=errs, capsize=3, label=name, color=colour[_answer_set(name)])
+            ax.bar(
+                xs, ys, width, yerr=errs, capsize=3, label=name, color=colour[answer_set(by_group)]
+            )
         ax.set_xticks(
             [i + 0.4 - width / 2 for i in range(len(groups))], [GROUPS[g] for g in groups]
         )
