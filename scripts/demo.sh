@@ -40,24 +40,23 @@ $py -m inference_utils.toolbench.evaluate --input_path "$out/static/predictions.
 echo "== tool server (the sample's tools, offline simulator, cache in $out/tools.sqlite), and"
 echo "== the real-time agent (CoT@1, the trained roles) on 2 of the sample's G1 test queries"
 $py - "$out" <<'PY'
-import socket, subprocess, sys, time
+import socket, subprocess, sys
+from pathlib import Path
 import httpx
+from inference_utils.server_process import ServerProcess
 from inference_utils.toolclient import ToolClient
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     out, port = sys.argv[1], s.getsockname()[1]
-server = subprocess.Popen([sys.executable, "-m", "inference_utils.toolserver", "--port", str(port),
-    "--queries", "data/toolbench_sample/test_instruction", "--cache", f"{out}/tools.sqlite"])
-try:
-    for _ in range(600):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
+cmd = [sys.executable, "-m", "inference_utils.toolserver", "--port", str(port),
+       "--queries", "data/toolbench_sample/test_instruction", "--cache", f"{out}/tools.sqlite"]
+# its log beside the cache; if it dies, the demo says how (signal, the end of its log)
+with ServerProcess("tool server", cmd, f"http://127.0.0.1:{port}/health",
+                   Path(out) / "toolserver.log") as server:
     with ToolClient(f"http://127.0.0.1:{port}/virtual") as client:
         for _ in range(2):  # the second call is a cache hit
             seen = client.call("Toy", "toy_weather", "get_forecast", '{"city": "Lyon"}')
+            server.check_alive()
             print("observation:", seen.text)
     agent = [sys.executable, "-m", "inference_utils.toolbench.run_agent",
              "--queries", "data/toolbench_sample/test_instruction/G1_instruction.json",
@@ -67,11 +66,9 @@ try:
     for role in ("planner", "caller", "summarizer"):
         agent += [f"--{role}_model_name_or_path", f"{out}/glpft/{role}", f"--{role}_use_lora", "True"]
     code = subprocess.call(agent)
+    server.check_alive()
     print("stats:", httpx.get(f"http://127.0.0.1:{port}/stats").text)
     sys.exit(code)
-finally:
-    server.terminate()
-    server.wait()
 PY
 echo "== ToolEval: the agent's answers converted, their pass rate (the default model as a local"
 echo "== judge; a 135M judge shows the workflow, not a meaningful score) and a report"

@@ -13,8 +13,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
+from servers import (  # noqa: F401 (the hook is registered by being here)
+    pytest_runtest_makereport,
+    start_server,
+    stop_server,
+    watch,
+)
 
 from GLPFT.models import TINY_LLAMA, gguf_path
 
@@ -88,36 +93,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(
-    cmd: list[str], ready_url: str, log: Path, timeout: float = 120, **popen: object
-) -> subprocess.Popen:
-    """Start a server process (output to ``log``) and wait until ``ready_url`` answers 200;
-    fail with the end of its log if it exits or does not answer within ``timeout`` s."""
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, **popen)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(ready_url, timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            raise RuntimeError(f"{cmd[2]} did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.1)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory) -> str:
     """A llama.cpp OpenAI-compatible server with the default GGUF model; its API base URL."""
@@ -126,6 +101,6 @@ def llama_server(tmp_path_factory) -> str:
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path())]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "2"]
     url = f"http://127.0.0.1:{port}/v1"
-    proc = start_server(cmd, f"{url}/models", log)
+    server = start_server(cmd, f"{url}/models", log)
     yield url
-    stop_server(proc)
+    stop_server(server)

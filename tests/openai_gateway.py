@@ -19,6 +19,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from servers import watch
 
 PERMITTED = ["system", "assistant", "user"]
 
@@ -73,14 +74,27 @@ class Gateway:
         self._thread.start()
         deadline = time.time() + 30
         while not self._server.started:
+            if (message := self.death()) is not None:
+                raise RuntimeError(message)
             if time.time() > deadline:
                 raise RuntimeError("gateway did not start")
             time.sleep(0.05)
+        watch(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=10)
+
+    @property
+    def expected_end(self) -> bool:
+        return self._server.should_exit
+
+    def death(self) -> str | None:
+        """How the gateway stopped serving, if it stopped before ``__exit__``."""
+        if self.expected_end or self._thread.ident is None or self._thread.is_alive():
+            return None
+        return f"the {self.name} gateway at {self.url} stopped serving: its server thread ended"
 
     def statuses(self) -> list[int]:
         return [entry["status"] for entry in self.log]

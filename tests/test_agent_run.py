@@ -422,9 +422,9 @@ def toolserver(tmp_path_factory) -> str:
     cmd = [sys.executable, "-m", "inference_utils.toolserver", "--queries", str(QUERIES)]
     cmd += ["--cache", str(tmp / "tools.sqlite"), "--port", str(port), "--log_level", "warning"]
     url = f"http://127.0.0.1:{port}"
-    proc = start_server(cmd, f"{url}/health", tmp / "server.log", timeout=90)
+    server = start_server(cmd, f"{url}/health", tmp / "server.log", timeout=90)
     yield f"{url}/virtual"
-    stop_server(proc)
+    stop_server(server)
 
 
 def agent(out: Path, toolserver: str, *flags: str, ids: str = FIVE) -> list[str]:

@@ -5,8 +5,6 @@ faults (SIGKILL, a dead simulator, broken upstream answers, broken input)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import SHARED, free_port, read_json, start_server, stop_server
+from servers import watch
 
 from inference_utils.toolclient import REQUEST_FAILED, ToolClient
 from inference_utils.toolserver.cache import (
@@ -51,7 +50,7 @@ class ToolServer:
         self.port, self.log = free_port(), tmp / f"{name}.log"
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "inference_utils.toolserver", "--port", str(self.port)]
-        self.proc = start_server(
+        self.server = start_server(
             [*cmd, *flags], f"{self.url}/health", self.log, timeout=90, start_new_session=True
         )
 
@@ -66,11 +65,10 @@ class ToolServer:
         return httpx.get(self.url + "/stats", timeout=10).json()
 
     def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        self.server.kill()
 
     def stop(self) -> None:
-        stop_server(self.proc)
+        stop_server(self.server)
 
 
 def stub_server(tmp: Path, queries: Path, *flags: str, name: str = "toolserver") -> ToolServer:
@@ -102,7 +100,19 @@ class Upstream(ThreadingHTTPServer):
         self.count = 0
         self.lock = threading.Lock()
         self.url = f"http://127.0.0.1:{self.server_address[1]}/rapidapi"
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        self.expected_end = False
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+        watch(self)
+
+    def death(self) -> str | None:
+        if self.expected_end or self.thread.is_alive():
+            return None
+        return f"the stand-in upstream at {self.url} stopped serving: its thread ended"
+
+    def shutdown(self) -> None:
+        self.expected_end = True
+        super().shutdown()
 
 
 class _UpstreamHandler(BaseHTTPRequestHandler):
