@@ -13,9 +13,11 @@ supplies defaults that command-line flags override.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -31,6 +33,7 @@ from GLPFT.collate import FlatCollator, PackedCollator, PadCollator
 from GLPFT.data import DataStats, build_dataset, cpu_count, int_column, pack_dataset
 from GLPFT.models import resolve_model
 from GLPFT.trainer import GLPFTTrainer, RowByRowTrainer
+from process_data.exits import describe_exit
 
 
 @dataclass
@@ -243,16 +246,69 @@ def _merge(base_path: str, adapter_dir: Path, dest: Path, tokenizer: Any) -> Non
     tokenizer.save_pretrained(dest)
 
 
-def cpu_bf16_is_native() -> bool | None:
-    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX); None where the CPU's
-    flags cannot be read. Without it, torch emulates bf16 matrix products, which on an AVX2
-    CPU run tens of times slower than fp32 ones."""
+# A bf16 matrix product under autocast, in a child process: where oneDNN picks a kernel the
+# machine cannot run (AMX listed by a VM that does not enable it), the child dies, not us.
+_BF16_PROBE = """
+import torch
+a = torch.randn(256, 256)
+with torch.autocast("cpu", dtype=torch.bfloat16):
+    b = torch.nn.functional.linear(a, a)
+assert b.dtype == torch.bfloat16 and bool(torch.isfinite(b).all())
+print(torch.backends.cpu.get_cpu_capability())
+"""
+
+
+@dataclass(frozen=True)
+class Bf16Check:
+    """Whether bf16 autocast is worth using on this CPU (``None``: unknown), and why;
+    ``crashed``: a bf16 matrix product killed (or hung) the process that tried it."""
+
+    native: bool | None
+    reason: str
+    crashed: bool = False
+
+
+@functools.cache
+def cpu_bf16_check(probe: str = _BF16_PROBE) -> Bf16Check:
+    """Decide whether this CPU computes bf16 in hardware. The CPU flags must list
+    ``avx512_bf16`` or ``amx_bf16`` (without them torch emulates bf16 matrix products, tens
+    of times slower than fp32 ones on an AVX2 CPU), and a bf16 matrix product must run in a
+    child process (a CPU can list instructions its VM does not enable); ``probe`` is that
+    product's script."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             flags = next((line.split() for line in fh if line.startswith("flags")), None)
     except OSError:
-        return None
-    return None if flags is None else bool({"avx512_bf16", "amx_bf16"} & set(flags))
+        flags = None
+    if flags is None:
+        return Bf16Check(None, "the CPU flags cannot be read")
+    listed = sorted({"avx512_bf16", "amx_bf16"} & set(flags))
+    if not listed:
+        return Bf16Check(False, "the CPU flags list neither avx512_bf16 nor amx_bf16")
+    cmd = [sys.executable, "-c", probe]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        reason = f"the CPU lists {', '.join(listed)}, but a bf16 matrix product hung"
+        return Bf16Check(False, reason, crashed=True)
+    if done.returncode != 0:
+        return Bf16Check(
+            False,
+            f"the CPU lists {', '.join(listed)}, but a bf16 matrix product in a child process "
+            + describe_exit(done.returncode),
+            crashed=True,
+        )
+    capability = done.stdout.strip().splitlines()[-1]
+    return Bf16Check(
+        True,
+        f"the CPU lists {', '.join(listed)} and a bf16 matrix product runs "
+        f"(torch's CPU kernels: {capability})",
+    )
+
+
+def cpu_bf16_is_native() -> bool | None:
+    """``cpu_bf16_check().native``: True, False, or None where the CPU flags can't be read."""
+    return cpu_bf16_check().native
 
 
 def loss_history(log_history: list[dict]) -> dict[str, list]:
@@ -302,6 +358,24 @@ def _log(args: TrainingArguments, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
+def cpu_bf16_decision(args: TrainingArguments, check: Bf16Check | None = None) -> None:
+    """Keep ``--bf16`` on a CPU that runs bf16, say so, and say why otherwise: where a bf16
+    matrix product kills the process, train in fp32 instead; where bf16 is only emulated, keep
+    it (as asked) with a warning that it is slow. ``check`` defaults to this CPU's."""
+    check = check or cpu_bf16_check()
+    if check.native is not False:
+        _log(args, f"GLPFT: --bf16 on the CPU: bf16 autocast ({check.reason})")
+    elif check.crashed:
+        args.bf16 = False
+        _log(args, f"GLPFT: warning: --bf16 dropped, training in fp32: {check.reason}")
+    else:
+        _log(
+            args,
+            f"GLPFT: warning: --bf16 on the CPU: bf16 autocast, emulated ({check.reason}): "
+            "training runs tens of times slower than in fp32; drop --bf16 on this machine",
+        )
+
+
 def load_model(path: str, model_args: ModelArguments, args: TrainingArguments) -> Any:
     # Half-precision weights only where something else keeps fp32: DeepSpeed (its master
     # weights) or LoRA (the base is frozen). Otherwise fp32 weights under autocast.
@@ -343,13 +417,8 @@ def train(
 ) -> dict[str, Any]:
     """Run one GLPFT stage; returns the training summary (also written to the output dir)."""
     _distributed_defaults(args)
-    if args.bf16 and not args.on_cuda() and cpu_bf16_is_native() is False:
-        _log(
-            args,
-            "GLPFT: warning: --bf16 on a CPU without bf16 instructions (avx512_bf16, amx_bf16): "
-            "torch emulates bf16, and training runs tens of times slower than in fp32; "
-            "drop --bf16 on this machine",
-        )
+    if args.bf16 and not args.on_cuda():
+        cpu_bf16_decision(args)
     transformers.set_seed(args.seed)
     start = time.perf_counter()
     with args.main_process_first(desc="model alias"):

@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import ALPHA_UMI, REPO, read_json, tiny_train_flags
 
-from GLPFT.train import parse_args
+from GLPFT.train import cpu_bf16_check, cpu_bf16_decision, parse_args
 
 PLANNER = ALPHA_UMI / "train-example" / "train_planner.json"
 CALLER = ALPHA_UMI / "train-example" / "train_caller.json"
@@ -240,3 +241,25 @@ def test_train_glpft_script_runs_both_stages(tmp_path: Path) -> None:
         assert adapter["base_model_name_or_path"] == str(out / "backbone")
         summary = read_json(out / role / "train_summary.json")
         assert summary["data_path"] == str(data / f"train_{role}.json")
+
+
+def test_the_cpu_bf16_check_says_what_it_decided(capsys: pytest.CaptureFixture) -> None:
+    """bf16 autocast on the CPU is kept where the CPU lists bf16 instructions and a bf16
+    matrix product runs in a child process; a product that kills its process (SIGILL: a VM
+    that lists AMX without enabling it) makes training fall back to fp32, and says so."""
+    check = cpu_bf16_check()
+    _, _, args = parse_args(["--data_path", "x", "--output_dir", "o", "--bf16"])
+    cpu_bf16_decision(args, check)
+    said = capsys.readouterr().err
+    if check.native is False:
+        assert "the CPU flags list neither avx512_bf16 nor amx_bf16" in said and args.bf16
+    else:
+        assert f"GLPFT: --bf16 on the CPU: bf16 autocast ({check.reason})" in said
+    if check.native:
+        assert "a bf16 matrix product runs (torch's CPU kernels:" in check.reason
+        crashed = cpu_bf16_check("import os, signal; os.kill(os.getpid(), signal.SIGILL)")
+        assert crashed.native is False and crashed.crashed
+        assert "a bf16 matrix product in a child process was killed by SIGILL" in crashed.reason
+        cpu_bf16_decision(args, crashed)
+        assert not args.bf16
+        assert "--bf16 dropped, training in fp32" in capsys.readouterr().err
