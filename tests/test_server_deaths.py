@@ -1,6 +1,6 @@
 """A server that dies is named as dead, with its signal and the end of its log: in setup's
 llama.cpp check, in ``ServerProcess`` and in the report of a test that fails while a server it
-uses lies dead (instead of only ``Connection refused``)."""
+uses lies dead (instead of only ``Connection refused``); and a test that hangs fails."""
 
 from __future__ import annotations
 
@@ -127,3 +127,17 @@ def test_setup_builds_are_keyed_by_flags_and_pinned_in_their_own_file() -> None:
     assert not any(line.startswith("llama-cpp-python") for line in dev.splitlines()), (
         "pip install -r requirements-dev.txt would build llama.cpp natively"
     )
+
+
+def test_a_hanging_test_fails_at_the_suite_time_limit(
+    pytester: pytest.Pytester, pytestconfig: pytest.Config
+) -> None:
+    """pytest-timeout gives every test a default limit (pyproject.toml), so a hang fails its
+    test, with the stacks, instead of holding the suite."""
+    assert float(pytestconfig.getini("timeout")) > 0
+    pytester.makepyfile(test_hang="import time\n\ndef test_hangs():\n    time.sleep(120)\n")
+    start = time.monotonic()
+    result = pytester.runpytest_subprocess("-o", "timeout=2", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    assert "Timeout" in result.stdout.str()
+    assert time.monotonic() - start < 60
