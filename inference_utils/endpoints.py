@@ -19,11 +19,12 @@ import re
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from inference_utils import bounded_http
 from process_data.protocol import MODEL_INPUT_PREFIX
 from process_data.toolbench.formats import assistant_text, plain_roles
 
@@ -41,20 +42,44 @@ class EndpointError(RuntimeError):
         self.timed_out = timed_out
 
 
+OPENAI_HOST = "api.openai.com"
+
+
 @dataclass(frozen=True)
 class Endpoint:
-    """Where a role is served: ``url`` is the API base, e.g. ``http://127.0.0.1:8000/v1``."""
+    """Where a role is served: ``url`` is the API base, e.g. ``http://127.0.0.1:8000/v1``.
+    Its key is ``api_key``, or the environment variable named ``api_key_env`` (which keeps
+    the key out of ``ps``); see :meth:`key`."""
 
     url: str
     model: str | None = None  # None: the first model the server lists
     api: str = "completions"
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    api_key_env: str | None = None
 
     def __post_init__(self) -> None:
         if self.api not in APIS:
             raise ValueError(f"endpoint api must be one of {APIS}, not {self.api!r}")
         if not self.url.startswith(("http://", "https://")):
             raise ValueError(f"endpoint url must start with http:// or https://: {self.url!r}")
+
+    def key(self) -> str | None:
+        """The bearer token this endpoint, and no other, is sent: the key given for it; else
+        the variable ``api_key_env`` names (ValueError if it is unset); else
+        ``$OPENAI_API_KEY``, but only where the endpoint is OpenAI's own API. A local role
+        server or simulator never receives a key it was not given."""
+        if self.api_key:
+            return self.api_key
+        if self.api_key_env:
+            value = os.environ.get(self.api_key_env)
+            if not value:
+                raise ValueError(
+                    f"{self.url}: its key's environment variable {self.api_key_env} is not set"
+                )
+            return value
+        if httpx.URL(self.url).host == OPENAI_HOST:
+            return os.environ.get("OPENAI_API_KEY")
+        return None
 
 
 def rejects_tool_roles(status: int, body: str) -> bool:
@@ -98,14 +123,16 @@ class EndpointClient:
         max_retries: int = 4,
         backoff: float = 0.5,
         max_connections: int = 16,
+        max_answer_bytes: int = bounded_http.MAX_BODY_BYTES,
     ):
         self.endpoint = endpoint
+        self.max_answer_bytes = max_answer_bytes
         self.sampling = {"max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
         if seed is not None:
             self.sampling["seed"] = seed
         self.max_retries = max_retries
         self.backoff = backoff
-        key = endpoint.api_key or os.environ.get("OPENAI_API_KEY")
+        key = endpoint.key()
         self._http = httpx.Client(
             base_url=endpoint.url.rstrip("/"),
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
@@ -224,7 +251,11 @@ class EndpointClient:
             delay = self.backoff * 2**attempt * random.uniform(0.5, 1.0)  # jittered
             timed_out = False
             try:
-                response = self._http.request(method, path, json=body)
+                response = bounded_http.request(
+                    self._http, method, path, json=body, cap=self.max_answer_bytes
+                )
+            except bounded_http.BodyTooLarge as exc:
+                raise EndpointError(str(exc)) from None
             except httpx.TransportError as exc:  # refused, reset, timed out
                 problem = f"{type(exc).__name__}: {exc}"
                 timed_out = isinstance(exc, httpx.TimeoutException)

@@ -1,8 +1,11 @@
 """The SQLite file behind the caches that must survive a crash (the tool server's answers, the
-judges' verdicts): one connection shared by threads and serialized by a lock, in WAL mode with
-``synchronous=NORMAL``, so a commit is in the write-ahead log when it returns and a SIGKILL
-loses nothing already stored. Several processes may share the file; SQLite serializes their
-writes and waits up to ``timeout`` seconds for a lock."""
+judges' verdicts), in WAL mode with ``synchronous=NORMAL``, so a commit is in the write-ahead
+log when it returns and a SIGKILL loses nothing already stored. Several processes may share
+the file; SQLite serializes their writes and waits up to ``timeout`` seconds for a lock.
+
+Two connections, each shared by threads and serialized by its own lock: writes go through
+``_db``, lookups may use ``_reader``. In WAL mode a reader never waits for a writer, so while
+a write here waits for another process's lock, lookups still answer."""
 
 from __future__ import annotations
 
@@ -27,8 +30,14 @@ class SQLiteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(schema)
+        self._reader = sqlite3.connect(
+            self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+        )
+        self._read_lock = threading.Lock()
 
     def close(self) -> None:
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._db.close()
 

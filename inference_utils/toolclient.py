@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from inference_utils import bounded_http
+
 #: ToolBench's status codes for an observation (``rapidapi.py``), by the ``error`` text its
 #: server answers; any other answer is 0, a request that failed is 12.
 ERROR_STATUS = {
@@ -53,11 +55,13 @@ class ToolClient:
         max_retries: int = 3,
         backoff: float = 0.5,
         max_connections: int = 64,
+        max_answer_bytes: int = bounded_http.MAX_BODY_BYTES,
     ):
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"tool server url must start with http:// or https://: {url!r}")
         self.url, self.toolbench_key = url, toolbench_key
         self.max_retries, self.backoff = max_retries, backoff
+        self.max_answer_bytes = max_answer_bytes
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             limits=httpx.Limits(
@@ -90,9 +94,16 @@ class ToolClient:
         problem = ""
         for attempt in range(self.max_retries + 1):
             try:
-                response = self._http.post(
-                    self.url, json=body, headers={"toolbench_key": self.toolbench_key}
+                response = bounded_http.request(
+                    self._http,
+                    "POST",
+                    self.url,
+                    json=body,
+                    headers={"toolbench_key": self.toolbench_key},
+                    cap=self.max_answer_bytes,
                 )
+            except bounded_http.BodyTooLarge as exc:
+                return Observation(f"request failed: {exc}", "", REQUEST_FAILED)
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             else:

@@ -188,6 +188,28 @@ def category_name_of(category: str) -> str:
     return re.sub("[ ,/]", "_", category).replace("__", "_")
 
 
+_NOT_IN_FILE_NAMES = re.compile(r"[/\\\x00-\x1f]")
+MAX_FILE_NAME_BYTES = 200
+
+
+def file_name_part(name: str, what: str) -> str:
+    """``name`` if it can be (part of) one file or folder name inside a folder of ours;
+    otherwise ValueError saying why. Ids and names read from files (query ids, categories,
+    tools, APIs, model names) pass here before they become paths, so ``../x`` or ``/abs``
+    never writes outside the folder it was meant for."""
+    if not name:
+        reason = "it is empty"
+    elif name in (".", ".."):
+        reason = "it names a folder itself or its parent"
+    elif match := _NOT_IN_FILE_NAMES.search(name):
+        reason = f"it holds {match.group()!r} (a path separator or a control character)"
+    elif len(name.encode("utf-8")) > MAX_FILE_NAME_BYTES:
+        reason = f"it is longer than {MAX_FILE_NAME_BYTES} bytes"
+    else:
+        return name
+    raise ValueError(f"{what} {name!r} cannot name a file: {reason}")
+
+
 def function_name(api_name: str, tool_name: str) -> str:
     """The function a model calls for an API: ``<api>_for_<tool>``, cut to the last 64
     characters as ToolBench cuts it (both names raw; they are standardized here)."""

@@ -60,6 +60,8 @@ class Gateway:
         self.faults = Faults()
         self.log: list[dict] = []  # {path, body, status}
         self.posts = 0
+        self.abandoned = 0  # held requests whose client had hung up when the hold ended
+        self.keys: list[str] = []  # each POST's Authorization header ("" if none)
         self.app = FastAPI()
         self.app.add_api_route("/v1/{path:path}", self._handle, methods=["GET", "POST"])
         with socket.socket() as s:
@@ -106,6 +108,7 @@ class Gateway:
                 answer = await client.get(f"{self.upstream}/{path}")
             return JSONResponse(answer.json(), status_code=answer.status_code)
         self.busy.enter(self.name)
+        self.keys.append(request.headers.get("authorization", ""))
         try:
             self.posts += 1
             n, f = self.posts, self.faults
@@ -121,6 +124,9 @@ class Gateway:
                     status, content = 400, {"given": bad, "permitted": PERMITTED}
             if status is None and n <= f.delay_first:
                 await asyncio.sleep(f.delay)
+                if await request.is_disconnected():  # the client gave up waiting
+                    self.abandoned += 1
+                    return JSONResponse({}, status_code=499)
             if status is None:
                 async with httpx.AsyncClient(timeout=600) as client:
                     answer = await client.post(f"{self.upstream}/{path}", json=body)

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,8 +63,8 @@ def pipeline(data: Path, out: Path, gates: dict[str, Gateway], *extra: str) -> l
     return cmd + ["--endpoint_concurrency", "4", *extra]
 
 
-def run(cmd: list[str], expect: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+def run(cmd: list[str], expect: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == expect, proc.stderr[-3000:]
     return proc
 
@@ -145,6 +146,31 @@ def test_busy_and_slow_servers_are_retried(
     run(cmd)
     assert planner.statuses().count(503) == 2
     assert len(read_json(out / "predictions.json")) == 2
+    # the held request was given up by the client's 10 s timeout (then retried), not waited
+    # for: when its 15 s hold ends, its client has hung up
+    deadline = time.monotonic() + 30
+    while planner.abandoned == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert planner.abandoned == 1, "the client waited past its --request_timeout"
+
+
+def test_a_key_goes_only_to_the_endpoint_it_was_given_for(
+    data: Path, gateways: dict[str, Gateway], tmp_path: Path
+) -> None:
+    """``$OPENAI_API_KEY`` reaches no local role server; the planner's key, named by
+    ``--planner_endpoint_api_key_env``, reaches the planner's endpoint and no other, and no
+    key is on the command line. A variable that is not set is a clear error."""
+    env = {**os.environ, "OPENAI_API_KEY": "sk-openai-SECRET", "PLANNER_KEY": "sk-plan-SECRET"}
+    flags = ("--num_infer_samples", "2", "--planner_endpoint_api_key_env", "PLANNER_KEY")
+    cmd = pipeline(data, tmp_path / "keys", gateways, *flags)
+    run(cmd, env=env)
+    assert set(gateways["planner"].keys) == {"Bearer sk-plan-SECRET"}
+    assert gateways["caller"].keys or gateways["summarizer"].keys, "the other roles were asked"
+    assert set(gateways["caller"].keys + gateways["summarizer"].keys) == {""}
+    assert not any("SECRET" in arg for arg in cmd)
+    del env["PLANNER_KEY"]
+    failed = run(pipeline(data, tmp_path / "unset", gateways, *flags), expect=1, env=env)
+    assert "its key's environment variable PLANNER_KEY is not set" in failed.stderr
 
 
 def test_failed_steps_are_reported_kept_out_and_retried_on_rerun(

@@ -37,7 +37,9 @@ from process_data.protocol import FINISH, function_name
 STB = SHARED / "stabletoolbench"
 QUERIES = STB / "solvable_queries" / "test_instruction"
 KEY = "tb-secret-key-4711"
+# "gated" answers when the test opens ``Upstream.gate``
 STUB_APIS = ("good", "slow", "limited", "broken", "garbage", "refused", "wordy", "empty", "uuid")
+STUB_APIS += ("gated",)
 
 
 # -- servers ----------------------------------------------------------------------------------
@@ -101,6 +103,7 @@ class Upstream(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.url = f"http://127.0.0.1:{self.server_address[1]}/rapidapi"
         self.expected_end = False
+        self.gate = threading.Event()
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
         watch(self)
@@ -131,6 +134,8 @@ class _UpstreamHandler(BaseHTTPRequestHandler):
         status, answer = 200, {"error": "", "response": f"real answer {n} to {body['tool_input']}"}
         if api == "slow":
             time.sleep(0.5)
+        elif api == "gated":
+            self.server.gate.wait(timeout=60)
         elif api == "limited":
             status = 429
         elif api == "broken":
@@ -506,18 +511,54 @@ def test_fall_through_rule() -> None:
 def test_concurrent_calls_share_one_computation(
     tmp_path: Path, upstream: Upstream, stub_queries: Path
 ) -> None:
+    """Eight identical calls are all inside the server before the upstream answers the first
+    (it holds its answer until the test opens the gate), so without the sharing each of them
+    would ask the upstream."""
     srv = stub_server(tmp_path, stub_queries, "--upstream", upstream.url)
     try:
-        asked = len(upstream.calls)
+        asked, before = len(upstream.calls), srv.stats()["requests"]
+        upstream.gate.clear()
+        body = call("Data", "stub_tool", "gated", {"q": "same"})
         with ThreadPoolExecutor(8) as pool:
-            answers = list(
-                pool.map(
-                    lambda _: srv.post(call("Data", "stub_tool", "slow", {"q": "same"})).json(),
-                    range(8),
-                )
-            )
+            futures = [pool.submit(srv.post, body) for _ in range(8)]
+            deadline = time.monotonic() + 60
+            while srv.stats()["requests"] < before + 8 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert srv.stats()["requests"] == before + 8, "the eight calls did not all arrive"
+            upstream.gate.set()
+            answers = [future.result(timeout=60).json() for future in futures]
         assert len({json.dumps(a) for a in answers}) == 1
         assert len(upstream.calls) == asked + 1
+    finally:
+        upstream.gate.set()
+        srv.stop()
+
+
+def test_cache_hits_are_answered_while_another_process_holds_the_write_lock(
+    tmp_path: Path, stub_queries: Path
+) -> None:
+    """Another process (here the test) holds the shared file's write lock: the server's write
+    of a new answer waits for it, and meanwhile cache hits are still answered at once, because
+    its SQLite work runs off the event loop and lookups have a connection of their own."""
+    srv = stub_server(tmp_path, stub_queries)
+    try:
+        hit = call("Data", "stub_tool", "good", {"q": "cached"})
+        expected = srv.post(hit).json()
+        holder = sqlite3.connect(tmp_path / "c.sqlite", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, as a busy second server holds it
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                miss = pool.submit(srv.post, call("Data", "stub_tool", "good", {"q": "new"}))
+                time.sleep(1.0)  # the miss is computed and waits for the lock
+                assert not miss.done()
+                for _ in range(5):
+                    start = time.monotonic()
+                    assert srv.post(hit, timeout=20).json() == expected
+                    assert time.monotonic() - start < 5, "a cache hit waited for the write lock"
+                holder.execute("ROLLBACK")
+                assert miss.result(timeout=60).json()["error"] == ""
+        finally:
+            holder.close()
     finally:
         srv.stop()
 

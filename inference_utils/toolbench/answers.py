@@ -18,11 +18,14 @@ import tempfile
 from pathlib import Path
 
 from inference_utils.toolbench.search import SearchResult, tree_json
+from process_data.protocol import file_name_part
 
 
 def answer_path(output_dir: str | os.PathLike[str], query_id: object, method: str) -> Path:
-    """Where ToolBench writes a query's answer."""
-    return Path(output_dir) / f"{query_id}_{method}.json"
+    """Where ToolBench writes a query's answer (inside ``output_dir``: ValueError for a query
+    id or method that would name a path elsewhere)."""
+    name = f"{file_name_part(str(query_id), 'query id')}_{file_name_part(method, 'method')}"
+    return Path(output_dir) / file_name_part(f"{name}.json", "answer file")
 
 
 def answer_json(result: SearchResult, seed: object = 0) -> dict:

@@ -265,18 +265,27 @@ def build_clients(
     missing = [r for r in roles if not urls[r]]
     if missing:
         raise SystemExit(f"{prog}: give --{missing[0]}_endpoint too (or no endpoint)")
-    return {
-        role: EndpointClient(
-            Endpoint(url, getattr(args, f"{role}_endpoint_model"), args.endpoint_api),
-            max_new_tokens=args.max_new_tokens,
-            temperature=1.0 if args.do_sample else 0.0,
-            seed=args.seed if args.do_sample else None,
-            timeout=args.request_timeout,
-            max_retries=args.max_retries,
-            max_connections=args.endpoint_concurrency,
+    clients = {}
+    for role, url in urls.items():
+        endpoint = Endpoint(
+            url,
+            getattr(args, f"{role}_endpoint_model"),
+            args.endpoint_api,
+            api_key_env=getattr(args, f"{role}_endpoint_api_key_env"),
         )
-        for role, url in urls.items()
-    }
+        try:
+            clients[role] = EndpointClient(
+                endpoint,
+                max_new_tokens=args.max_new_tokens,
+                temperature=1.0 if args.do_sample else 0.0,
+                seed=args.seed if args.do_sample else None,
+                timeout=args.request_timeout,
+                max_retries=args.max_retries,
+                max_connections=args.endpoint_concurrency,
+            )
+        except ValueError as exc:
+            raise SystemExit(f"{prog}: --{role}_endpoint_api_key_env: {exc}") from None
+    return clients
 
 
 def build_models(
@@ -311,6 +320,12 @@ def add_backend_arguments(p: argparse.ArgumentParser) -> None:
     for role in (*ROLES, "backbone"):
         p.add_argument(f"--{role}_endpoint", help=f"OpenAI-compatible API base of the {role}")
         p.add_argument(f"--{role}_endpoint_model", help="default: the first model it lists")
+        p.add_argument(
+            f"--{role}_endpoint_api_key_env",
+            metavar="VAR",
+            help=f"the environment variable holding the {role} endpoint's key (default: no "
+            "key; $OPENAI_API_KEY for OpenAI's API)",
+        )
     p.add_argument("--endpoint_api", choices=APIS, default="completions")
     p.add_argument("--endpoint_concurrency", type=int, default=8, help="requests per role")
     p.add_argument("--request_timeout", type=float, default=120.0, help="seconds")

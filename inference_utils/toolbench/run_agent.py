@@ -110,7 +110,11 @@ def read_queries(path: str | os.PathLike[str], output_dir: Path, method: str) ->
             if qid in seen:
                 raise SystemExit(f"{PROG}: {file}: query id {qid} appears twice")
             seen.add(qid)
-            queries.append(Query(prefix + qid, qid, data, answer_path(folder, qid, method)))
+            try:
+                path = answer_path(folder, qid, method)
+            except ValueError as exc:
+                raise SystemExit(f"{PROG}: {file}: query {k}: {exc}") from None
+            queries.append(Query(prefix + qid, qid, data, path))
     return queries
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +31,15 @@ def add_judge_flags(parser: argparse.ArgumentParser) -> None:
         help="openai:MODEL or local:PATH (default: openai, the model the prompts name)",
     )
     g.add_argument("--api_base", help="the endpoint's API base, e.g. http://127.0.0.1:8000/v1")
-    g.add_argument("--api_key", help="default: $OPENAI_API_KEY")
+    g.add_argument(
+        "--api_key",
+        help="the judge endpoint's key (default: $OPENAI_API_KEY, for OpenAI's API only)",
+    )
+    g.add_argument(
+        "--api_key_env",
+        metavar="VAR",
+        help="the environment variable holding the judge endpoint's key (keeps it out of ps)",
+    )
     g.add_argument("--api_pool", type=Path, help="ToolBench's or StableToolBench's key pool file")
     g.add_argument(
         "--evaluator_dir", type=Path, help="a ToolEval evaluator folder (config.yaml, template.txt)"
@@ -90,12 +97,12 @@ def build_judge(args: argparse.Namespace, default_cache: Path) -> Judge:
     if args.api_pool:
         pool = _pool(args.api_pool, args.api_base)
     elif args.api_base:
-        pool = [(args.api_base, args.api_key or os.environ.get("OPENAI_API_KEY"))]
+        pool = [(args.api_base, args.api_key)]
     else:
         raise ValueError("the judge needs --api_base (or --api_pool)")
     clients = [
         EndpointClient(
-            Endpoint(base, model or None, "chat", key),
+            Endpoint(base, model or None, "chat", key, None if key else args.api_key_env),
             max_new_tokens=int(settings.get("max_tokens", 512)),
             temperature=float(settings.get("temperature", 0.0)),
             timeout=args.request_timeout,

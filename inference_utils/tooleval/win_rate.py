@@ -27,6 +27,7 @@ import argparse
 import csv
 import json
 import random
+import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -47,6 +48,7 @@ from inference_utils.tooleval.pass_rate import (
     tool_names,
 )
 from process_data.jsonio import write_json_atomic
+from process_data.protocol import file_name_part
 
 REF, OUT, EQUAL = "ref", "output", "equal"
 
@@ -173,6 +175,28 @@ def evaluate_set(
     return WinResult(test_set, len(records), counts[2], counts[1], counts[3], records, judged)
 
 
+RESERVED = re.compile(r"rounds|round_\d+")  # the other keys of a query's record
+
+
+def names_problem(ref_name: str, out_name: str) -> str | None:
+    """Why the two answer sets' names cannot key a query's record (which holds each side's
+    votes under its name, beside ``rounds`` and ``round_<n>``) and name the result files;
+    None if they can."""
+    if ref_name == out_name:
+        return (
+            f"the reference and the candidate are both named {ref_name!r}: their votes would "
+            "be counted as one; name them apart with --reference_model / --output_model"
+        )
+    for name in (ref_name, out_name):
+        if RESERVED.fullmatch(name):
+            return f"the model name {name!r} is a key of the records; choose another"
+        try:
+            file_name_part(name, "model name")
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
 def _label(record: dict, args: argparse.Namespace) -> int:
     ref, out = record[args.ref_name], record[args.out_name]
     return 1 if ref > out else 2 if out > ref else 3
@@ -283,6 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     args.ref_name = args.reference_model or ref_root.stem
     args.out_name = args.output_model or out_root.stem
+    if (problem := names_problem(args.ref_name, args.out_name)) is not None:
+        print(f"umi-tooleval-win-rate: {problem}", file=sys.stderr)
+        return 2
     ref_pass_dir = args.ref_pass or args.pass_rate_result_path
     out_pass_dir = args.output_pass or args.pass_rate_result_path
     try:

@@ -16,6 +16,7 @@ lifespan, 404s).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -123,7 +124,7 @@ def create_app(service: ToolService, max_body_bytes: int = MAX_BODY_BYTES) -> An
         return json_response(
             {
                 **service.stats.as_dict(),
-                "cache_entries": service.cache.counts(),
+                "cache_entries": await asyncio.to_thread(service.cache.counts),
                 "chain": service.chain(),
             }
         )

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from inference_utils.sqlite_store import SQLiteStore
-from process_data.protocol import api_name_of, category_name_of, standardize
+from process_data.protocol import api_name_of, category_name_of, file_name_part, standardize
 
 from .tools import ApiKey
 
@@ -58,15 +58,17 @@ class Entry:
 
 
 class AnswerCache(SQLiteStore):
-    """Thread-safe access to the cache database (one connection, serialized)."""
+    """Thread-safe access to the cache database: writes through one connection, lookups
+    through another, so a write that waits for another process's lock delays no lookup. Each
+    call blocks: the server runs them in worker threads, off its event loop."""
 
     def __init__(self, path: str | Path, timeout: float = 30.0):
         super().__init__(path, SCHEMA, timeout)
 
     def get(self, key: ApiKey, arguments: str) -> dict | None:
         """The cached answer to ``arguments`` (a :func:`canonical` string), or None."""
-        with self._lock:
-            row = self._db.execute(
+        with self._read_lock:
+            row = self._reader.execute(
                 "SELECT answer FROM answers WHERE category=? AND tool=? AND api=? AND arguments=?",
                 (key.category, key.tool, key.api, arguments),
             ).fetchone()
@@ -112,8 +114,8 @@ class AnswerCache(SQLiteStore):
 
     def examples(self, key: ApiKey, limit: int = 5) -> list[tuple[dict, dict]]:
         """Up to ``limit`` cached ``(arguments, answer)`` pairs of one API, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._read_lock:
+            rows = self._reader.execute(
                 "SELECT original, answer FROM answers WHERE category=? AND tool=? AND api=? "
                 "ORDER BY rowid LIMIT ?",
                 (key.category, key.tool, key.api, limit),
@@ -122,9 +124,15 @@ class AnswerCache(SQLiteStore):
 
     def counts(self) -> dict[str, int]:
         """Entries per source."""
-        with self._lock:
-            rows = self._db.execute("SELECT source, COUNT(*) FROM answers GROUP BY source")
+        with self._read_lock:
+            rows = self._reader.execute("SELECT source, COUNT(*) FROM answers GROUP BY source")
             return dict(rows.fetchall())
+
+    def keys(self) -> list[ApiKey]:
+        """The APIs that have cached answers."""
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT category, tool, api FROM answers")
+            return [ApiKey(*row) for row in rows.fetchall()]
 
     def entries(self) -> Iterator[Entry]:
         """Every entry, grouped by API."""
@@ -230,15 +238,31 @@ def import_stb_cache(cache: AnswerCache, root: str | Path, batch: int = 2000) ->
     return report
 
 
+def stb_file(root: Path, key: ApiKey) -> Path:
+    """Where StableToolBench keeps ``key``'s answers under ``root``; ValueError for a
+    category, tool or API name that would name a path outside ``root``."""
+    category = file_name_part(key.category, "category")
+    tool = file_name_part(f"{file_name_part(key.tool, 'tool')}_for_{category}", "tool folder")
+    return root / category / tool / file_name_part(f"{key.api}.json", "API file")
+
+
 def export_stb_cache(cache: AnswerCache, root: str | Path) -> int:
-    """Write every cached answer in StableToolBench's layout; return the number of answers."""
+    """Write every cached answer in StableToolBench's layout; return the number of answers.
+    Every entry's names are checked before anything is written: an entry whose category,
+    tool or API cannot name a file inside ``root`` (``..``, a separator) raises ValueError
+    naming it, and nothing is exported."""
     root = Path(root)
+    for key in cache.keys():
+        try:
+            stb_file(root, key)
+        except ValueError as exc:
+            raise ValueError(f"{cache.path}: the answers of {key}: {exc}") from None
     count, group, current = 0, {}, None
 
     def write(key: ApiKey, records: dict[str, Any]) -> None:
-        folder = root / key.category / f"{key.tool}_for_{key.category}"
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / f"{key.api}.json", "w", encoding="utf-8") as fh:
+        path = stb_file(root, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
             json.dump(records, fh, indent=4)
 
     for entry in cache.entries():

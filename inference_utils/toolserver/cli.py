@@ -76,7 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="an OpenAI-compatible API base, e.g. http://127.0.0.1:8000/v1",
     )
     src.add_argument("--simulator_model", help="model name (default: the first the endpoint lists)")
-    src.add_argument("--simulator_api_key", help="default: $OPENAI_API_KEY")
+    src.add_argument(
+        "--simulator_api_key",
+        help="the simulator endpoint's key (default: $OPENAI_API_KEY, for OpenAI's API only)",
+    )
+    src.add_argument(
+        "--simulator_api_key_env",
+        metavar="VAR",
+        help="the environment variable holding the simulator's key (keeps it out of ps)",
+    )
     src.add_argument(
         "--simulator_prompt",
         type=Path,
@@ -132,7 +140,11 @@ def build_service(args: argparse.Namespace) -> ToolService:
     simulator = None
     if args.simulator_endpoint:
         endpoint = Endpoint(
-            args.simulator_endpoint, args.simulator_model, "chat", args.simulator_api_key
+            args.simulator_endpoint,
+            args.simulator_model,
+            "chat",
+            args.simulator_api_key,
+            args.simulator_api_key_env,
         )
         client = EndpointClient(
             endpoint, max_new_tokens=args.simulator_max_tokens, temperature=0.0,
@@ -151,7 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with AnswerCache(args.cache) as cache:
             if args.import_stb_cache:
                 _import(cache, args.import_stb_cache)
-            count = export_stb_cache(cache, args.export_stb_cache)
+            try:
+                count = export_stb_cache(cache, args.export_stb_cache)
+            except ValueError as exc:
+                _say(f"error: nothing exported: {exc}")
+                return 2
         _say(f"exported {count} answers to {args.export_stb_cache}")
         return 0
     try:

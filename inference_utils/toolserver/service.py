@@ -109,7 +109,8 @@ class ToolService:
         found = self.registry.resolve(body["category"], body["tool_name"], body["api_name"])
         key = found if isinstance(found, ApiKey) else _guess_key(body)
         args = canonical(arguments)
-        cached = self.cache.get(key, args)
+        # SQLite blocks (a write waits for another process's lock): never on the event loop
+        cached = await asyncio.to_thread(self.cache.get, key, args)
         if cached is not None:
             self.stats.hits += 1
             self.stats.sources["cache"] += 1
@@ -140,22 +141,23 @@ class ToolService:
             forwarded["toolbench_key"] = key_text = str(body.get("toolbench_key") or "")
             answer, reason = await self.upstream.answer(forwarded, key_text)
             if answer is not None:
-                return self._store(key, arguments, answer, "upstream")
+                return await self._store(key, arguments, answer, "upstream")
             self.stats.fall_through[reason.split(":")[0]] += 1
         if self.simulator is not None:
-            examples = self.cache.examples(key)
+            examples = await asyncio.to_thread(self.cache.examples, key)
             try:
                 answer = await asyncio.to_thread(self.simulator.answer, spec, arguments, examples)
             except SimulationError as exc:
                 log.warning("simulation of %s failed: %s", key, exc)
                 return self._error("simulator", f"Simulator error: {exc}")
-            return self._store(key, arguments, answer, "llm")
+            return await self._store(key, arguments, answer, "llm")
         if self.offline:
-            return self._store(key, arguments, offline_answer(spec, arguments, args), "offline")
+            answer = offline_answer(spec, arguments, args)
+            return await self._store(key, arguments, answer, "offline")
         return self._error("no_source", "No source could answer this call")
 
-    def _store(self, key: ApiKey, arguments: dict, answer: dict, source: str) -> dict:
-        stored = self.cache.put(key, arguments, answer, source)
+    async def _store(self, key: ApiKey, arguments: dict, answer: dict, source: str) -> dict:
+        stored = await asyncio.to_thread(self.cache.put, key, arguments, answer, source)
         self.stats.sources[source] += 1
         return stored
 

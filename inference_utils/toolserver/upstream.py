@@ -12,6 +12,8 @@ import json
 
 import httpx
 
+from inference_utils import bounded_http
+
 #: StableToolBench's ``check_result``: words in an answer that make it fall through.
 FALL_THROUGH_WORDS: dict[str, tuple[str, ...]] = {
     "failing API": (
@@ -61,8 +63,8 @@ class Upstream:
     async def answer(self, body: dict, toolbench_key: str) -> tuple[dict | None, str]:
         """``(answer, "")`` when the upstream answer is usable, else ``(None, reason)``."""
         try:
-            response = await self._http.post(
-                self.url, json=body, headers={"toolbench_key": toolbench_key}
+            response = await bounded_http.arequest(
+                self._http, "POST", self.url, json=body, headers={"toolbench_key": toolbench_key}
             )
         except httpx.HTTPError as exc:
             return None, f"{type(exc).__name__}"
