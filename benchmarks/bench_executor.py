@@ -11,7 +11,13 @@ targets are LLMCompiler's scheduler on the same machine (about 26 µs per task, 
 dependency level, 0.218 s for the fan-out; it polls every 10 ms): at most 26 µs, 1 ms and
 0.205 s.
 
+``--memory`` measures instead what a long-lived graph holds: ``--memory_tasks`` (1,000,000)
+no-op tasks fed to one streaming ``TaskGraph`` while it runs, as a driver feeds it, with the
+process's resident memory read every tenth of the way, for ``keep_results=False`` (what a
+driver uses: flat) and the default (every result kept: grows).
+
     python benchmarks/bench_executor.py [--repeats 7] [--json]
+    python benchmarks/bench_executor.py --memory [--memory_tasks 1000000]
 """
 
 from __future__ import annotations
@@ -20,13 +26,16 @@ import argparse
 import json
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from inference_utils.dag import PlanRunner  # noqa: E402
+import psutil  # noqa: E402
+
+from inference_utils.dag import PlanRunner, TaskGraph  # noqa: E402
 
 NOOP_TASKS, CHAIN_LEVELS, FANOUT, SLEEP = 1000, 100, 8, 0.2
 TARGETS = {"noop_per_task_us": 26.0, "chain_per_level_ms": 1.0, "fanout_8x200ms_s": 0.205}
@@ -74,6 +83,26 @@ def fanout_s() -> float:
     return timed(runner, plan, FANOUT)
 
 
+def memory_curve(tasks: int, keep_results: bool, points: int = 10) -> list[float]:
+    """Resident MiB after each tenth of ``tasks`` no-op tasks, fed to one running streaming
+    graph at most 1,000 ahead of the finished ones (as a driver adds work as it goes)."""
+    graph = TaskGraph(max_workers=2, streaming=True, keep_results=keep_results)
+    done = threading.Semaphore(0)
+    graph.on_done = lambda _graph, _key, _value: done.release()
+    runner = threading.Thread(target=graph.run)
+    runner.start()
+    process, curve = psutil.Process(), []
+    for k in range(tasks):
+        if k >= 1000:
+            done.acquire()
+        graph.add(k, int)
+        if (k + 1) % (tasks // points) == 0:
+            curve.append(round(process.memory_info().rss / 2**20, 1))
+    graph.close()
+    runner.join()
+    return curve
+
+
 def median_of(measure: Callable[[], float], repeats: int) -> float:
     measure()  # warm-up: imports, code paths, allocator
     return statistics.median(measure() for _ in range(repeats))
@@ -83,9 +112,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=7, help="runs per figure; the median is kept")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--memory", action="store_true", help="the long-lived graph's memory")
+    p.add_argument("--memory_tasks", type=int, default=1_000_000)
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
+    if args.memory:
+        for keep in (False, True):
+            start = time.perf_counter()
+            curve = memory_curve(args.memory_tasks, keep)
+            seconds = time.perf_counter() - start
+            print(
+                f"keep_results={keep}: RSS MiB at each tenth of {args.memory_tasks:,} tasks: "
+                f"{curve} ({seconds:.1f} s)"
+            )
+        return 0
     figures = {
         "noop_per_task_us": round(median_of(noop_per_task_us, args.repeats), 2),
         "chain_per_level_ms": round(median_of(chain_per_level_ms, args.repeats), 4),

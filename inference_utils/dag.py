@@ -171,6 +171,12 @@ class TaskGraph:
     only). Ready tasks start in the order they became ready. With ``streaming=True``,
     :meth:`run` returns only after :meth:`close`, so that tasks may be added from any thread
     while it runs.
+
+    A finished task is forgotten (its function, its place in the schedule); its result or
+    error stays in :attr:`outcome` for :meth:`run` to return and for tasks added later to
+    depend on. A long-lived graph passes ``keep_results=False``: results then go only to
+    ``on_done`` / ``on_error`` and the graph holds nothing of a finished task, so its memory
+    stays flat however many tasks run; a task added later may not depend on a finished one.
     """
 
     def __init__(
@@ -180,6 +186,7 @@ class TaskGraph:
         on_done: Callable[[TaskGraph, Hashable, Any], None] | None = None,
         on_error: Callable[[TaskGraph, Hashable, BaseException], None] | None = None,
         streaming: bool = False,
+        keep_results: bool = True,
     ):
         if max_workers < 1 or any(v < 1 for v in (lanes or {}).values()):
             raise ValueError("max_workers and lane limits must be at least 1")
@@ -187,6 +194,7 @@ class TaskGraph:
         self.lanes = dict(lanes or {})
         self.on_done = on_done
         self.on_error = on_error
+        self.keep_results = keep_results
         self.outcome = Outcome()
         self._lock = threading.Lock()
         self._tasks: dict[Hashable, Task] = {}
@@ -196,6 +204,7 @@ class TaskGraph:
         self._ready: dict[str | None, deque[tuple[int, Hashable]]] = {}
         self._order = itertools.count()
         self._doomed: deque[tuple[Hashable, Hashable]] = deque()  # (task, failed dependency)
+        self._readers: dict[Hashable, int] = {}  # kept outcome → dependents yet to take it
         self._closed = not streaming
         self._events: SimpleQueue | None = None  # the running scheduler's, to wake it
         self._scheduler: int | None = None  # the running scheduler's thread id
@@ -214,8 +223,10 @@ class TaskGraph:
             raise ValueError(f"task {key!r}: timeout must be positive, not {timeout!r}")
         task = Task(key, fn, tuple(deps), lane, timeout)
         with self._lock:
-            if key in self._tasks:
+            if key in self._tasks or key in self.outcome.results or key in self.outcome.errors:
                 raise ValueError(f"task {key!r} was already added")
+            if not self.keep_results and task.deps:
+                self._check_deps_kept(task)
             self._tasks[key] = task
             if task.deps:
                 self._wait_for_deps(task)
@@ -224,6 +235,14 @@ class TaskGraph:
             events = self._events
         if events is not None and threading.get_ident() != self._scheduler:
             events.put(_WAKE)
+
+    def _check_deps_kept(self, task: Task) -> None:  # under the lock
+        gone = [d for d in task.deps if d not in self._tasks]
+        if gone:
+            raise ValueError(
+                f"task {task.key!r} depends on {gone[0]!r}, which this graph does not know: a "
+                "graph with keep_results=False forgets finished tasks, so add dependents first"
+            )
 
     def _wait_for_deps(self, task: Task) -> None:  # under the lock
         failed = next((d for d in task.deps if d in self.outcome.errors), None)
@@ -249,17 +268,45 @@ class TaskGraph:
     def _mark_ready(self, task: Task) -> None:  # under the lock
         self._ready.setdefault(task.lane, deque()).append((next(self._order), task.key))
 
-    def _finished(self, key: Hashable, error: BaseException | None) -> None:
+    def _finished(self, key: Hashable, error: BaseException | None, value: Any = None) -> None:
+        """Record a task's outcome (kept while a dependent still needs it, unless the graph
+        keeps results) and release or doom its dependents."""
         with self._lock:
-            for child in self._dependents.pop(key, []):
-                if error is not None:
-                    if self._missing.pop(child, None) is not None:
-                        self._doomed.append((child, key))
-                    continue
-                self._missing[child] -= 1
-                if self._missing[child] == 0:
+            del self._tasks[key]
+            children = self._dependents.pop(key, [])
+            if self.keep_results or children:
+                if error is None:
+                    self.outcome.results[key] = value
+                else:
+                    self.outcome.errors[key] = error
+                if not self.keep_results:
+                    self._readers[key] = len(children)
+            for child in children:
+                if child not in self._missing:  # doomed already, by another dependency
+                    self._read([key])
+                elif error is not None:
                     del self._missing[child]
-                    self._mark_ready(self._tasks[child])
+                    self._doomed.append((child, key))
+                else:
+                    self._missing[child] -= 1
+                    if self._missing[child] == 0:
+                        del self._missing[child]
+                        self._mark_ready(self._tasks[child])
+
+    def _read(self, deps: Iterable[Hashable]) -> None:  # under the lock
+        """Dependents took these outcomes: forget each once its last dependent has."""
+        if self.keep_results:
+            return
+        for dep in deps:
+            left = self._readers.get(dep)
+            if left is None:
+                continue
+            if left > 1:
+                self._readers[dep] = left - 1
+            else:
+                del self._readers[dep]
+                self.outcome.results.pop(dep, None)
+                self.outcome.errors.pop(dep, None)
 
     def _take_ready(self, busy: defaultdict[str | None, int], in_flight: int) -> list[Task]:
         """The ready tasks that may start now, in the order they became ready.
@@ -313,13 +360,18 @@ class TaskGraph:
                 while self._doomed:
                     with self._lock:
                         key, dep = self._doomed.popleft()
-                    self._fail(key, DependencyFailed(key, dep, self.outcome.errors[dep]))
+                        cause = self.outcome.errors[dep]
+                        self._read(set(self._tasks[key].deps))
+                    self._fail(key, DependencyFailed(key, dep, cause))
                 now = time.monotonic()
                 for task in self._take_ready(busy, len(running)):
                     running[task.key] = task
                     if task.timeout is not None:  # it runs for no less than from now
                         heapq.heappush(deadlines, (now + task.timeout, next(ties), task.key))
                     args = [results[d] for d in task.deps]
+                    if task.deps and not self.keep_results:
+                        with self._lock:
+                            self._read(set(task.deps))
                     workers.submit(task.key, task.fn, args, task.timeout is not None)
                 if not running:
                     if self._doomed:
@@ -373,8 +425,7 @@ class TaskGraph:
             return
         busy[task.lane] -= 1
         if ok:
-            self.outcome.results[key] = value
-            self._finished(key, None)
+            self._finished(key, None, value)
             if self.on_done is not None:
                 self.on_done(self, key, value)
         else:
@@ -407,7 +458,6 @@ class TaskGraph:
             self._fail(key, TaskTimeout(key, task.timeout))
 
     def _fail(self, key: Hashable, error: BaseException) -> None:
-        self.outcome.errors[key] = error
         self._finished(key, error)
         if self.on_error is not None:
             self.on_error(self, key, error)

@@ -260,3 +260,43 @@ def test_a_failing_callback_ends_the_run_without_waiting_for_running_tasks(relea
     with pytest.raises(RuntimeError, match="callback broke"):
         graph.run()
     assert time.monotonic() - start < BOUND
+
+
+@pytest.mark.parametrize("keep_results", [True, False])
+def test_a_dependency_that_fails_while_another_is_running(keep_results: bool) -> None:
+    """c depends on a (fails at once) and b (finishes later): c fails with a's error once,
+    and b's late success neither crashes the scheduler nor starts c."""
+
+    def bad() -> None:
+        raise OSError("a broke")
+
+    errors: dict = {}
+    graph = TaskGraph(keep_results=keep_results, on_error=lambda _g, k, e: errors.setdefault(k, e))
+    graph.add("a", bad)
+    graph.add("b", lambda: time.sleep(0.2) or "b")
+    graph.add("c", lambda a, b: "never", deps=("a", "b"))
+    graph.add("d", lambda b: b + "+d", deps=("b",))
+    done: dict = {}
+    graph.on_done = lambda _g, key, value: done.setdefault(key, value)
+    graph.run()
+    assert done == {"b": "b", "d": "b+d"}
+    assert isinstance(errors["c"], DependencyFailed) and errors["c"].dependency == "a"
+
+
+def test_a_long_lived_graph_forgets_finished_work() -> None:
+    """With keep_results=False a dependent still gets its dependencies' results, and once
+    everything has run the graph holds nothing: no task, no result, no error."""
+    graph = TaskGraph(max_workers=4, keep_results=False)
+    seen: dict = {}
+    graph.on_done = lambda _g, key, value: seen.__setitem__(key, value)
+    for k in range(2000):
+        graph.add(("x", k), lambda k=k: k)
+        graph.add(("y", k), lambda x: x * 2, deps=[("x", k)])
+    graph.add("bad", lambda: 1 / 0)
+    graph.add("after_bad", lambda x: x, deps=["bad"])
+    outcome = graph.run()
+    assert all(seen[("y", k)] == 2 * k for k in range(2000))
+    assert outcome.results == {} and outcome.errors == {}
+    assert not graph._tasks and not graph._readers and not graph._missing
+    with pytest.raises(ValueError, match="forgets finished tasks"):
+        graph.add("late", lambda x: x, deps=[("x", 0)])

@@ -243,7 +243,11 @@ def _run_tools(active: _Searches, tools: _ToolAnswers) -> None:
     pending = [k for k, r in active.waiting.items() if isinstance(r, ToolWork)]
     if not pending:
         return
-    graph = TaskGraph(max_workers=active.concurrency, lanes={TOOLS_LANE: active.concurrency})
+    graph = TaskGraph(
+        max_workers=active.concurrency,
+        lanes={TOOLS_LANE: active.concurrency},
+        keep_results=False,
+    )
     count = itertools.count()
 
     def add(key: Hashable) -> None:
@@ -328,7 +332,7 @@ def _run_on_endpoints(
 ) -> None:
     lanes = {role: active.concurrency for role in clients}
     lanes[TOOLS_LANE] = active.concurrency
-    graph = TaskGraph(max_workers=active.concurrency * len(lanes), lanes=lanes)
+    graph = TaskGraph(max_workers=active.concurrency * len(lanes), lanes=lanes, keep_results=False)
     count = itertools.count()
 
     def schedule(keys: Iterable[Hashable]) -> None:

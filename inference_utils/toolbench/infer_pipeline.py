@@ -175,6 +175,7 @@ def run_endpoints(
         lanes={role: concurrency for role in clients},
         on_done=done,
         on_error=lambda graph, key, error: failed.setdefault(key[0], error),
+        keep_results=False,
     )
     for index, sample in samples.items():
         graph.add((index, first), lambda s=sample: ask(first, s), lane=first)
