@@ -16,7 +16,6 @@ alone, given the samples' boundaries (:func:`varlen_kwargs`).
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -133,30 +132,6 @@ class FlatCollator:
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         row = pack_features(features)
         return PackedCollator(self.pad_token_id, self.pad_to_multiple_of)([row])
-
-
-def best_fit_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
-    """Group sample indices into rows of at most ``capacity`` tokens (best-fit decreasing).
-
-    Deterministic: ties are broken by index. Samples longer than ``capacity`` (there are none
-    after tokenization, which truncates) get a row of their own.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    bins: list[list[int]] = []
-    free: list[tuple[int, int]] = []  # (free space, bin number), kept sorted
-    for i in order:
-        n = lengths[i]
-        k = bisect.bisect_left(free, (n, -1))
-        if k == len(free):
-            bins.append([i])
-            space, number = capacity - n, len(bins) - 1
-        else:
-            space, number = free.pop(k)
-            bins[number].append(i)
-            space -= n
-        if space > 0:
-            bisect.insort(free, (space, number))
-    return bins
 
 
 def pack_features(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ their target. A sample with nothing to train is an error that names it.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -39,8 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from process_data.jsonio import iter_json_array
-from process_data.protocol import MODEL_INPUT_PREFIX, OBSERVATION, format_action
-from process_data.toolbench.formats import arguments_text, plain_roles
+from process_data.protocol import (
+    MODEL_INPUT_PREFIX,
+    OBSERVATION,
+    arguments_text,
+    format_action,
+    plain_roles,
+)
 
 IGNORE_INDEX = -100
 
@@ -556,6 +562,30 @@ def _pack_rows(batch: dict, samples: Any) -> Any:
     )
 
 
+def best_fit_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Group sample indices into rows of at most ``capacity`` tokens (best-fit decreasing).
+
+    Deterministic: ties are broken by index. Samples longer than ``capacity`` (there are none
+    after tokenization, which truncates) get a row of their own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (free space, bin number), kept sorted
+    for i in order:
+        n = lengths[i]
+        k = bisect.bisect_left(free, (n, -1))
+        if k == len(free):
+            bins.append([i])
+            space, number = capacity - n, len(bins) - 1
+        else:
+            space, number = free.pop(k)
+            bins[number].append(i)
+            space -= n
+        if space > 0:
+            bisect.insort(free, (space, number))
+    return bins
+
+
 def pack_dataset(dataset: Any, max_length: int) -> Any:
     """Best-fit packing of a tokenized dataset into rows of at most ``max_length`` tokens.
 
@@ -564,8 +594,6 @@ def pack_dataset(dataset: Any, max_length: int) -> Any:
     and written next to it (cached, as the tokenized dataset is).
     """
     from datasets import Dataset
-
-    from GLPFT.collate import best_fit_bins
 
     bins = best_fit_bins(int_column(dataset, "length").tolist(), max_length)
     members = Dataset.from_dict(

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from inference_utils.toolclient import REQUEST_FAILED, Observation
+from process_data.protocol import REQUEST_FAILED, Observation
 
 
 class DependencyFailed(RuntimeError):

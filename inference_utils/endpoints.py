@@ -25,8 +25,13 @@ from typing import Any
 import httpx
 
 from inference_utils import bounded_http
-from process_data.protocol import MODEL_INPUT_PREFIX
-from process_data.toolbench.formats import assistant_text, plain_roles
+from process_data.protocol import (
+    MODEL_INPUT_PREFIX,
+    ask_for_json,
+    assistant_text,
+    json_object,
+    plain_roles,
+)
 
 APIS = ("completions", "chat")
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -299,28 +304,6 @@ class _ToolsRejected(Exception):
 
 
 _TOOL_WORDS = re.compile(r"\btools?\b|tool_choice|function", re.I)
-_FENCED = re.compile(r"^\s*```(?:json)?\s*|\s*```\s*$")
-
-
-def ask_for_json(messages: Sequence[dict], function: dict) -> list[dict]:
-    """``messages`` with the last one asking for ``function``'s arguments as a JSON object
-    (for models that do no tool calling)."""
-    schema = json.dumps(function.get("parameters", {}), ensure_ascii=False)
-    ask = (
-        f"\n\nAnswer with `{function['name']}`: reply with one JSON object of its arguments "
-        f"and nothing else, following this JSON schema:\n{schema}"
-    )
-    *head, last = [dict(m) for m in messages]
-    last["content"] = (last.get("content") or "") + ask
-    return [*head, last]
-
-
-def json_object(text: str) -> dict:
-    """The JSON object a model wrote (code fences allowed around it)."""
-    value = json.loads(_FENCED.sub("", text), strict=False)
-    if not isinstance(value, dict):
-        raise ValueError(f"a JSON {type(value).__name__}, not an object: {text[:200]!r}")
-    return value
 
 
 def _retry_after(response: httpx.Response) -> float:

@@ -44,8 +44,7 @@ import torch
 
 from GLPFT.data import fit
 from GLPFT.models import resolve_model
-from inference_utils.endpoints import ask_for_json, json_object
-from process_data.protocol import MODEL_INPUT_PREFIX
+from process_data.protocol import MODEL_INPUT_PREFIX, ask_for_json, json_object
 
 
 @dataclass(frozen=True)

@@ -11,38 +11,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 
 import httpx
 
 from inference_utils import bounded_http
+from process_data.protocol import ERROR_STATUS, REQUEST_FAILED, Observation
 
-#: ToolBench's status codes for an observation (``rapidapi.py``), by the ``error`` text its
-#: server answers; any other answer is 0, a request that failed is 12.
-ERROR_STATUS = {
-    "API not working error...": 6,
-    "Unauthorized error...": 7,
-    "Unsubscribed error...": 8,
-    "Too many requests error...": 9,
-    "Rate limit per minute error...": 10,
-    "Message error...": 11,
-}
-REQUEST_FAILED = 12
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
-
-
-@dataclass(frozen=True)
-class Observation:
-    """A tool's answer as an agent sees it."""
-
-    error: str
-    response: object
-    status: int  # ToolBench's code: 0 a normal answer, 6–11 a server-reported error, 12 failed
-
-    @property
-    def text(self) -> str:
-        """The observation text ToolBench's agents read: the answer object as JSON."""
-        return json.dumps({"error": self.error, "response": self.response}, ensure_ascii=False)
 
 
 class ToolClient:

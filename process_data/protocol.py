@@ -606,3 +606,144 @@ def _finish_fields(text: str) -> dict:
     if key in text:
         fields["final_answer"] = text[text.find(key) + len(key) :]
     return fields
+
+
+# --------------------------------------------------------------------------------------------
+# Tool observations: ToolBench's tool API answers ``{"error": ..., "response": ...}``
+# --------------------------------------------------------------------------------------------
+
+#: ToolBench's status codes for an observation (``rapidapi.py``), by the ``error`` text its
+#: server answers; any other answer is 0, a request that failed is 12.
+ERROR_STATUS = {
+    "API not working error...": 6,
+    "Unauthorized error...": 7,
+    "Unsubscribed error...": 8,
+    "Too many requests error...": 9,
+    "Rate limit per minute error...": 10,
+    "Message error...": 11,
+}
+REQUEST_FAILED = 12
+
+
+def observation_json(error: str, response: object) -> str:
+    """An answer of the tool API as text, as ToolBench's client writes it into the agent's
+    messages (``json.dumps`` with its defaults)."""
+    return json.dumps({"error": error, "response": response})
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A tool's answer as an agent sees it."""
+
+    error: str
+    response: object
+    status: int  # ToolBench's code: 0 a normal answer, 6–11 a server-reported error, 12 failed
+
+    @property
+    def text(self) -> str:
+        """The observation text ToolBench's agents read (:func:`observation_json`)."""
+        return observation_json(self.error, self.response)
+
+
+def error_answer(message: str) -> dict:
+    """An answer in the tool API's shape that reports a problem instead of a response."""
+    return {"error": message, "response": ""}
+
+
+def parse_tool_input(value: object) -> dict:
+    """ToolBench's ``tool_input``: a JSON object, as text or as an object; ``""`` is ``{}``."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"tool_input is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"tool_input must be a JSON object, not a {type(value).__name__}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Chat format: tools as OpenAI function schemas, tool turns as text, JSON from a model's text
+# --------------------------------------------------------------------------------------------
+
+
+def chat_tools(tools: Sequence[dict]) -> list[dict]:
+    """α-UMi tool documents (``{Name, function, input}``) as OpenAI function schemas.
+
+    Each argument's ``"<type>, <description>"`` string is split back into its two parts.
+    """
+    out = []
+    for tool in tools:
+        properties = {}
+        for arg, spec in tool.get("input", {}).items():
+            arg_type, _, description = str(spec).partition(", ")
+            properties[arg] = {"type": arg_type, "description": description}
+        out.append(
+            {
+                "type": "function",
+                "function": {
+                    "name": tool["Name"],
+                    "description": tool.get("function", ""),
+                    "parameters": {"type": "object", "properties": properties},
+                },
+            }
+        )
+    return out
+
+
+def plain_roles(messages: Sequence[dict], calls: bool = True, results: bool = True) -> list[dict]:
+    """Messages with tool turns as plain text, for chat templates and servers that drop or
+    refuse them: with ``calls``, an assistant message's tool calls become its text (its
+    content, then each call as the caller writes it, :func:`format_action`); with
+    ``results``, a tool result becomes a ``user`` message ``"observation: <result>"``, as in
+    α-UMi's history. Other messages are kept as they are."""
+    out = []
+    for m in messages:
+        if results and m["role"] in ("tool", "function"):
+            out.append({"role": "user", "content": f"{OBSERVATION}: {m.get('content') or ''}"})
+        elif calls and m.get("tool_calls"):
+            out.append({"role": "assistant", "content": assistant_text(m)})
+        else:
+            out.append(m)
+    return out
+
+
+def assistant_text(message: dict) -> str:
+    """An assistant message as text: its content, then each tool call as the caller writes it
+    (:func:`format_action`; missing arguments are ``{}``), one per line."""
+    calls = [
+        format_action(c["function"]["name"], arguments_text(c["function"].get("arguments") or {}))
+        for c in message.get("tool_calls") or []
+    ]
+    return "\n".join(filter(None, [message.get("content") or "", *calls]))
+
+
+def arguments_text(arguments: str | dict) -> str:
+    """A tool call's arguments as text: a string as it is, a JSON object serialised."""
+    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+
+
+_FENCED = re.compile(r"^\s*```(?:json)?\s*|\s*```\s*$")
+
+
+def ask_for_json(messages: Sequence[dict], function: dict) -> list[dict]:
+    """``messages`` with the last one asking for ``function``'s arguments as a JSON object
+    (for models that do no tool calling)."""
+    schema = json.dumps(function.get("parameters", {}), ensure_ascii=False)
+    ask = (
+        f"\n\nAnswer with `{function['name']}`: reply with one JSON object of its arguments "
+        f"and nothing else, following this JSON schema:\n{schema}"
+    )
+    *head, last = [dict(m) for m in messages]
+    last["content"] = (last.get("content") or "") + ask
+    return [*head, last]
+
+
+def json_object(text: str) -> dict:
+    """The JSON object a model wrote (code fences allowed around it)."""
+    value = json.loads(_FENCED.sub("", text), strict=False)
+    if not isinstance(value, dict):
+        raise ValueError(f"a JSON {type(value).__name__}, not an object: {text[:200]!r}")
+    return value

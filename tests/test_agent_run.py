@@ -32,9 +32,9 @@ from inference_utils.toolbench.agent import RunStats, run_searches
 from inference_utils.toolbench.functions import TOOL_INPUT_ERROR
 from inference_utils.toolbench.requests import Generate, PlannedCall, ToolPlan, ToolRequest
 from inference_utils.toolbench.run_agent import main as run_agent_main
-from inference_utils.toolclient import REQUEST_FAILED, Observation, ToolClient
+from inference_utils.toolclient import ToolClient
 from inference_utils.tooleval.convert import convert_dir
-from process_data.protocol import FINISH, format_action, parse_action
+from process_data.protocol import FINISH, REQUEST_FAILED, Observation, format_action, parse_action
 from process_data.toolbench.pipeline import Options, from_answer
 from process_data.toolbench.stage1 import AnswerFile
 

@@ -44,9 +44,8 @@ from inference_utils.toolbench.search import (
     search,
     tree_json,
 )
-from inference_utils.toolclient import Observation
 from inference_utils.tooleval.convert import convert_dir
-from process_data.protocol import DIVERSITY_PROMPT, FINISH_FUNCTION, HALLUCINATED_NAME
+from process_data.protocol import DIVERSITY_PROMPT, FINISH_FUNCTION, HALLUCINATED_NAME, Observation
 from process_data.toolbench.pipeline import Options, from_answer
 from process_data.toolbench.stage1 import AnswerFile, to_stage1
 from process_data.toolbench.stage2 import to_stage2

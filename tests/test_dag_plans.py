@@ -18,7 +18,8 @@ from inference_utils.dag import (
     substitute,
     validate_plan,
 )
-from inference_utils.toolclient import REQUEST_FAILED, Observation, ToolClient
+from inference_utils.toolclient import ToolClient
+from process_data.protocol import REQUEST_FAILED, Observation
 
 # Every fault is bounded: a hung tool waits on ``release`` (set when the test ends), and a run
 # must return well within BOUND seconds of its SHORT timeout, which the tools that do not hang

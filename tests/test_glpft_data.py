@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import ALPHA_UMI, read_json
 
-from GLPFT.collate import PackedCollator, PadCollator, best_fit_bins, pack_features
-from GLPFT.data import IGNORE_INDEX, SampleError, fit, tokenize_record
+from GLPFT.collate import PackedCollator, PadCollator, pack_features
+from GLPFT.data import IGNORE_INDEX, SampleError, best_fit_bins, fit, tokenize_record
 from GLPFT.models import TINY_LLAMA, resolve_model
 from GLPFT.trainer import sparse_lm_loss
 from process_data.protocol import MODEL_INPUT_PREFIX, format_plan

@@ -19,12 +19,12 @@ from test_tooleval_win_rate import run as win_rate
 from inference_utils.endpoints import Endpoint, EndpointClient, EndpointError
 from inference_utils.toolbench.answers import answer_path
 from inference_utils.toolbench.run_agent import main as run_agent_main
-from inference_utils.toolclient import REQUEST_FAILED, ToolClient
+from inference_utils.toolclient import ToolClient
 from inference_utils.toolserver.cache import AnswerCache, export_stb_cache
 from inference_utils.toolserver.cli import main as toolserver_main
 from inference_utils.toolserver.tools import ApiKey
 from inference_utils.toolserver.upstream import Upstream
-from process_data.protocol import file_name_part
+from process_data.protocol import REQUEST_FAILED, file_name_part
 
 HOSTILE = ["../x", "/abs/x", "..", "a\\b", "", "nul\x00here"]
 

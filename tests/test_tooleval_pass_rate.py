@@ -17,9 +17,9 @@ import pytest
 from conftest import SHARED, kill_when, read_json
 from openai_gateway import ScriptedJudge
 
+from inference_utils.tooleval.answer_status import steps
 from inference_utils.tooleval.judge import Rubric
 from inference_utils.tooleval.pass_rate import main as pass_rate_main
-from inference_utils.tooleval.pass_rate import steps
 
 S, U, N = ({"answer_status": s} for s in ("Solved", "Unsolved", "Unsure"))
 SOLVABLE, UNSOLVABLE, UNSURE_TASK = (

@@ -20,7 +20,7 @@ import pytest
 from conftest import SHARED, free_port, read_json, start_server, stop_server
 from servers import watch
 
-from inference_utils.toolclient import REQUEST_FAILED, ToolClient
+from inference_utils.toolclient import ToolClient
 from inference_utils.toolserver.cache import (
     AnswerCache,
     canonical,
@@ -32,7 +32,7 @@ from inference_utils.toolserver.cli import main as toolserver_main
 from inference_utils.toolserver.simulate import SimulatorPrompt, offline_answer, parse_simulated
 from inference_utils.toolserver.tools import ApiSpec, ToolRegistry, ToolSourceError, load_registry
 from inference_utils.toolserver.upstream import fall_through_reason
-from process_data.protocol import FINISH, function_name
+from process_data.protocol import FINISH, REQUEST_FAILED, function_name
 
 STB = SHARED / "stabletoolbench"
 QUERIES = STB / "solvable_queries" / "test_instruction"

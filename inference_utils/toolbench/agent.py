@@ -41,7 +41,8 @@ from inference_utils.dag import PlanError, PlanRunner, TaskGraph, ToolCall, erro
 from inference_utils.endpoints import EndpointClient
 from inference_utils.generation import RoleModels, clean_output
 from inference_utils.toolbench.requests import Generate, ToolPlan, ToolRequest
-from inference_utils.toolclient import REQUEST_FAILED, Observation, ToolClient
+from inference_utils.toolclient import ToolClient
+from process_data.protocol import REQUEST_FAILED, Observation
 
 #: The order in which a round asks the roles: a planner's output may need the caller or the
 #: summarizer in the same round.

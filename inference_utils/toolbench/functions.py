@@ -33,8 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inference_utils.toolbench.requests import PlannedCall, ToolPlan, ToolRequest
-from inference_utils.toolclient import Observation
-from inference_utils.toolserver.service import parse_tool_input
 from process_data.protocol import (
     FINISH,
     FINISH_FUNCTION,
@@ -43,8 +41,11 @@ from process_data.protocol import (
     SYSTEM_PROMPT,
     TASK_DESCRIPTION,
     USER_PROMPT,
+    Observation,
     api_name_of,
     function_name,
+    observation_json,
+    parse_tool_input,
     read_finish,
     standardize,
 )
@@ -275,12 +276,12 @@ class QueryEnv:
             return finish(arguments)
         route = self._route(name)
         if route is None:
-            text = json.dumps({"error": f"No such function name: {name}", "response": ""})
+            text = observation_json(f"No such function name: {name}", "")
             return text, NO_SUCH_FUNCTION
         try:
             tool_input = parse_tool_input(arguments)
         except ValueError:
-            return json.dumps({"error": TOOL_INPUT_ERROR, "response": ""}), OK
+            return observation_json(TOOL_INPUT_ERROR, ""), OK
         return ToolRequest(route.category, route.tool_name, route.api_name, tool_input)
 
     def _cut(self, observation: str, status: int) -> tuple[str, int]:
@@ -299,8 +300,7 @@ class QueryEnv:
 def observed(observation: Observation) -> tuple[str, int]:
     """A tool's observation as ToolBench's step writes it: its client's ``json.dumps`` (with
     the defaults) of the error and the response, and the status code."""
-    text = json.dumps({"error": observation.error, "response": observation.response})
-    return text, observation.status
+    return observation.text, observation.status
 
 
 def finish(arguments: str) -> tuple[str, int]:

@@ -33,13 +33,14 @@ from process_data.protocol import (
     GIVE_ANSWER,
     GIVE_UP_AND_RESTART,
     build_prompt,
+    chat_tools,
     format_plan,
     parse_action,
     parse_actions,
     parse_decision,
     render_turn,
 )
-from process_data.toolbench.formats import ChatEncoder, chat_tools
+from process_data.toolbench.formats import ChatEncoder
 from process_data.toolbench.roles import render_backbone_history, render_history
 from process_data.toolbench.stage1 import convert_tools
 from process_data.toolbench.stage2 import to_stage2

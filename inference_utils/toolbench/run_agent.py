@@ -42,19 +42,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inference_utils.endpoints import EndpointError
+from inference_utils.role_flags import (
+    add_role_arguments,
+    build_clients,
+    build_models,
+    generation_settings,
+    prompt_types_of,
+)
 from inference_utils.toolbench.agent import RunStats, run_searches
 from inference_utils.toolbench.answers import answer_json, answer_path, write_answer
 from inference_utils.toolbench.functions import (
     MAX_OBSERVATION_LENGTH,
     QueryEnv,
     load_tool_descriptions,
-)
-from inference_utils.toolbench.infer_pipeline import (
-    add_backend_arguments,
-    build_clients,
-    build_models,
-    generation_settings,
-    prompt_types_of,
 )
 from inference_utils.toolbench.policies import make_policy
 from inference_utils.toolbench.requests import Request
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--toolserver", required=True, help="e.g. http://127.0.0.1:8080/virtual")
     p.add_argument("--method", default="DFS_woFilter_w2", help="CoT@n or DFS_woFilter_wN")
     p.add_argument("--output_dir", required=True)
-    add_backend_arguments(p)
+    add_role_arguments(p)
     p.add_argument("--concurrency", type=int, default=8, help="queries run at once")
     p.add_argument("--max_observation_length", type=int, default=MAX_OBSERVATION_LENGTH)
     p.add_argument(

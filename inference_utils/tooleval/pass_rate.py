@@ -31,7 +31,6 @@ import csv
 import json
 import math
 import random
-import re
 import statistics
 import sys
 from collections.abc import Sequence
@@ -39,79 +38,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inference_utils.endpoints import EndpointError
+from inference_utils.tooleval.answer_status import (
+    SCORE,
+    SOLVABLE,
+    SOLVED,
+    TEST_SETS,
+    UNSOLVED,
+    check_is_solved,
+    check_task_solvable,
+    converted_file,
+    finished,
+    is_passed,
+    load_test_ids,
+    not_hallucinated,
+    steps,
+    tool_names,
+)
 from inference_utils.tooleval.judge import Judge, RubricError
 from inference_utils.tooleval.judges import add_judge_flags, build_judge, judge_all, judge_failed
 from process_data.jsonio import write_json_atomic
 
-SOLVED, UNSOLVED, UNSURE = "Solved", "Unsolved", "Unsure"
-SOLVABLE, UNSOLVABLE = "Solvable", "Unsolvable"
 PASSED, FAILED = "passed", "failed"
-TEST_SETS = (
-    "G1_instruction",
-    "G1_category",
-    "G1_tool",
-    "G2_instruction",
-    "G2_category",
-    "G3_instruction",
-)
-SCORE = {SOLVED: 1.0, UNSURE: 0.5, UNSOLVED: 0.0}
-_CALLED_NAME = re.compile(r"'name': '(.*?)'")
-
-
-def steps(example: dict) -> tuple[str, str]:
-    """ToolEval's reading of an answer: its tool steps along the first path, as
-    ``"Step k: <message>"`` lines, and the last of them as ``"Final step: <message>"``."""
-    lines, final, node = [], "", example["answer"]["answer_details"][0]
-    while True:
-        if node.get("message") and node.get("role") == "tool":
-            text = str(node["message"])
-            lines.append(f"Step {len(lines) + 1}: {text}")
-            final = f"Final step: {text}"
-        if not node.get("next"):
-            break
-        node = node["next"][0]
-    return "\n".join(lines), final
-
-
-def finished(final_step: str) -> bool:
-    """Whether the final step is a ``Finish`` call (ToolEval's test on the step's text)."""
-    return "'name': 'Finish'" in final_step
-
-
-def tool_names(example: dict) -> list[str]:
-    return [t.get("function", t).get("name") for t in example.get("available_tools", [])]
-
-
-def not_hallucinated(example: dict) -> bool:
-    """Whether every tool step names an available function."""
-    known = set(tool_names(example))
-    return all(name in known for name in _CALLED_NAME.findall(steps(example)[0]))
-
-
-def check_is_solved(judge: Judge, query: str, answer: dict, round_: int) -> tuple[str, str]:
-    final = answer.get("final_answer") or ""
-    if not final or "give_up_and_restart" in final:
-        return UNSOLVED, "Empty final answer!"
-    verdict = judge.ask("check_answer_status", {"query": query, "answer": final}, round_)
-    if verdict.get("answer_status") == UNSURE:
-        detail = json.dumps(answer)
-        verdict = judge.ask("parse_answer_status", {"query": query, "answer": detail}, round_)
-    return verdict.get("answer_status", UNSURE), str(verdict.get("reason", ""))
-
-
-def check_task_solvable(judge: Judge, example: dict, round_: int) -> tuple[str, str]:
-    task = json.dumps({"query": example["query"], "available_tools": example["available_tools"]})
-    verdict = judge.ask("check_task_solvable", {"task": task}, round_)
-    return verdict.get("task_status", UNSURE), str(verdict.get("reason", ""))
-
-
-def is_passed(answer_status: str, task_status: str) -> str:
-    """ToolBench's table: ``"Passed"``, ``"Failed"`` or ``"Unsure"``."""
-    if answer_status == SOLVED or task_status == UNSOLVABLE:
-        return "Passed"
-    if answer_status == UNSOLVED and task_status == SOLVABLE:
-        return "Failed"
-    return "Unsure"
 
 
 def coin(seed: int, qid: str, round_: int) -> str:
@@ -297,24 +244,6 @@ def write_set(
 
 
 # -- the command -------------------------------------------------------------------------------
-
-
-def load_test_ids(folder: Path, test_set: str) -> list[str] | None:
-    path = folder / f"{test_set}.json"
-    if not path.is_file():
-        return None
-    with open(path, encoding="utf-8") as fh:
-        ids = json.load(fh)
-    return [str(q) for q in (ids if isinstance(ids, list) else ids.keys())]
-
-
-def converted_file(root: Path, model: str | None, test_set: str) -> Path:
-    """``root/<model>/<set>.json`` (ToolBench's layout) where it exists, else
-    ``root/<set>.json`` (or ``root`` itself when it is a file)."""
-    if root.is_file():
-        return root
-    nested = root / model / f"{test_set}.json" if model else None
-    return nested if nested is not None and nested.is_file() else root / f"{test_set}.json"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,9 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inference_utils.endpoints import EndpointError
-from inference_utils.tooleval.judge import Judge, RubricError
-from inference_utils.tooleval.judges import add_judge_flags, build_judge, judge_all, judge_failed
-from inference_utils.tooleval.pass_rate import (
+from inference_utils.tooleval.answer_status import (
     SOLVED,
     TEST_SETS,
     UNSURE,
@@ -47,6 +45,8 @@ from inference_utils.tooleval.pass_rate import (
     steps,
     tool_names,
 )
+from inference_utils.tooleval.judge import Judge, RubricError
+from inference_utils.tooleval.judges import add_judge_flags, build_judge, judge_all, judge_failed
 from process_data.jsonio import write_json_atomic
 from process_data.protocol import file_name_part
 

@@ -25,7 +25,9 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Response
 
-from .service import BadRequest, ToolService, error_answer
+from process_data.protocol import error_answer
+
+from .service import BadRequest, ToolService
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20

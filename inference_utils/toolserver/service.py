@@ -11,13 +11,18 @@ Nothing here keeps ``toolbench_key``: it is forwarded to the upstream server and
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from process_data.protocol import api_name_of, category_name_of, standardize
+from process_data.protocol import (
+    api_name_of,
+    category_name_of,
+    error_answer,
+    parse_tool_input,
+    standardize,
+)
 
 from .cache import AnswerCache, canonical
 from .simulate import LlmSimulator, SimulationError, offline_answer
@@ -29,27 +34,8 @@ SOURCES = ("cache", "upstream", "llm", "offline")
 REQUIRED = ("category", "tool_name", "api_name")
 
 
-def error_answer(message: str) -> dict:
-    """An answer in ToolBench's shape that reports a problem instead of a response."""
-    return {"error": message, "response": ""}
-
-
 class BadRequest(ValueError):
     """A request body that is not ToolBench's (the HTTP layer answers it with a 4xx)."""
-
-
-def parse_tool_input(value: Any) -> dict:
-    """ToolBench's ``tool_input``: a JSON object, as text or as an object; ``""`` is ``{}``."""
-    if value is None or value == "":
-        return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value, strict=False)
-        except ValueError as exc:
-            raise ValueError(f"tool_input is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"tool_input must be a JSON object, not a {type(value).__name__}")
-    return value
 
 
 @dataclass

@@ -28,7 +28,8 @@ from typing import Any
 
 import yaml
 
-from inference_utils.endpoints import EndpointClient, EndpointError, json_object
+from inference_utils.endpoints import EndpointClient, EndpointError
+from process_data.protocol import json_object
 
 from .tools import ApiSpec
 

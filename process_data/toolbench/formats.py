@@ -25,7 +25,7 @@ from process_data.protocol import (
     NEXT_GIVE_UP,
     OBSERVATION,
     USER,
-    format_action,
+    chat_tools,
     format_backbone,
     parse_action,
     strip_marker,
@@ -103,62 +103,6 @@ CHAT_SYSTEM: dict[str, str] = {
     "summarizer": "You are the summarizer of a team of agents. Write the final answer to the "
     "user's question from the conversation so far.",
 }
-
-
-def chat_tools(tools: Sequence[dict]) -> list[dict]:
-    """α-UMi tool documents (``{Name, function, input}``) as OpenAI function schemas.
-
-    Each argument's ``"<type>, <description>"`` string is split back into its two parts.
-    """
-    out = []
-    for tool in tools:
-        properties = {}
-        for arg, spec in tool.get("input", {}).items():
-            arg_type, _, description = str(spec).partition(", ")
-            properties[arg] = {"type": arg_type, "description": description}
-        out.append(
-            {
-                "type": "function",
-                "function": {
-                    "name": tool["Name"],
-                    "description": tool.get("function", ""),
-                    "parameters": {"type": "object", "properties": properties},
-                },
-            }
-        )
-    return out
-
-
-def plain_roles(messages: Sequence[dict], calls: bool = True, results: bool = True) -> list[dict]:
-    """Messages with tool turns as plain text, for chat templates and servers that drop or
-    refuse them: with ``calls``, an assistant message's tool calls become its text (its
-    content, then each call as the caller writes it, :func:`format_action`); with
-    ``results``, a tool result becomes a ``user`` message ``"observation: <result>"``, as in
-    α-UMi's history. Other messages are kept as they are."""
-    out = []
-    for m in messages:
-        if results and m["role"] in ("tool", "function"):
-            out.append({"role": "user", "content": f"{OBSERVATION}: {m.get('content') or ''}"})
-        elif calls and m.get("tool_calls"):
-            out.append({"role": "assistant", "content": assistant_text(m)})
-        else:
-            out.append(m)
-    return out
-
-
-def assistant_text(message: dict) -> str:
-    """An assistant message as text: its content, then each tool call as the caller writes it
-    (:func:`format_action`; missing arguments are ``{}``), one per line."""
-    calls = [
-        format_action(c["function"]["name"], arguments_text(c["function"].get("arguments") or {}))
-        for c in message.get("tool_calls") or []
-    ]
-    return "\n".join(filter(None, [message.get("content") or "", *calls]))
-
-
-def arguments_text(arguments: str | dict) -> str:
-    """A tool call's arguments as text: a string as it is, a JSON object serialised."""
-    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
 
 
 class ChatEncoder:

@@ -1,0 +1,117 @@
+"""The arrows between modules point one way: no import cycle anywhere, the layers import only
+downwards (process_data ← GLPFT ← inference_utils), the task-graph executor knows no client,
+and no module imports a command (a console script's module) but its own ``__main__``.
+
+The graph is read from the sources (``ast``), imports inside functions included, so a cycle
+hidden behind a late import is found too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import tomllib
+from conftest import REPO
+
+PACKAGES = ("process_data", "GLPFT", "inference_utils")
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            found[name] = path
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each module's imports of the project's own modules."""
+    known = modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in known.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = package[: len(package) - node.level + 1] if node.level else []
+                module = ".".join([*base, *([node.module] if node.module else [])])
+                for alias in node.names:  # `from package import module` names a module
+                    full = f"{module}.{alias.name}"
+                    found.add(full if full in known else module)
+        graph[name] = {m for m in found if m in known and m != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle, as the modules along it, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for child in sorted(graph[node]):
+            if state.get(child) == 1:
+                return path[path.index(child) :] + [child]
+            if child not in state and (cycle := visit(child)) is not None:
+                return cycle
+        state[node] = 2
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)) is not None:
+            return cycle
+    return None
+
+
+def test_no_import_cycle() -> None:
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_finder_finds_one() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_layers_import_only_downwards() -> None:
+    """Data processing imports neither training nor inference; training imports no
+    inference; the executor imports nothing of inference (its calls come as functions);
+    clients of models import no data-format module; the agent no tool-server internals."""
+    forbidden = {
+        "process_data": ("GLPFT", "inference_utils"),
+        "GLPFT": ("inference_utils",),
+        "inference_utils.dag": ("inference_utils",),
+        "inference_utils.endpoints": ("process_data.toolbench", "inference_utils.toolbench"),
+        "inference_utils.generation": ("inference_utils.endpoints", "process_data.toolbench"),
+        "inference_utils.toolbench": ("inference_utils.toolserver",),
+    }
+    wrong = [
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        for layer, banned in forbidden.items()
+        if module == layer or module.startswith(layer + ".")
+        for target in targets
+        if any(target == b or target.startswith(b + ".") for b in banned)
+    ]
+    assert not wrong, "imports against the layers: " + ", ".join(wrong)
+
+
+def test_no_module_imports_a_command() -> None:
+    """What two commands share lives in a module of its own (the role flags, ToolEval's
+    answer status), not in one of the commands."""
+    with open(REPO / "pyproject.toml", "rb") as fh:
+        scripts = tomllib.load(fh)["project"]["scripts"].values()
+    commands = {target.split(":")[0] for target in scripts}
+    wrong = [
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        for target in targets & commands
+        if module != target.rsplit(".", 1)[0] + ".__main__" and module != target + ".__main__"
+    ]
+    assert not wrong, "modules that import a command: " + ", ".join(wrong)
