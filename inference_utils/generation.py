@@ -44,7 +44,7 @@ import torch
 
 from GLPFT.data import fit
 from GLPFT.models import resolve_model
-from process_data.protocol import MODEL_INPUT_PREFIX, ask_for_json, json_object
+from process_data.protocol import MODEL_INPUT_PREFIX, PLACEHOLDER, ask_for_json, json_object
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ def clean_output(text: str) -> str:
     """α-UMi's post-processing of a decoded output."""
     if text.startswith(": "):
         text = text[2:]
-    return "none" if text.strip() in ("", ".", ",") else text
+    return PLACEHOLDER if text.strip() in ("", ".", ",") else text
 
 
 def runs(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:

@@ -9,10 +9,7 @@ import argparse
 
 from inference_utils.endpoints import APIS, Endpoint, EndpointClient
 from inference_utils.generation import GenerationSettings, HFModels, LoRAModels, RoleModels
-from process_data.protocol import ROLES as ALL_ROLES
-
-#: The multi-LLM roles (the single-LLM backbone is the fourth of ``protocol.ROLES``).
-ROLES = tuple(r for r in ALL_ROLES if r != "backbone")
+from process_data.protocol import MULTI_ROLES as ROLES
 
 
 def build_clients(

@@ -31,6 +31,12 @@ from typing import Literal
 
 #: The four trainable roles. ``backbone`` is the single-LLM agent that does all three jobs.
 ROLES: tuple[str, ...] = ("backbone", "planner", "caller", "summarizer")
+#: The three roles of the multi-LLM agent, in the order a step asks them.
+MULTI_ROLES: tuple[str, ...] = ROLES[1:]
+#: The roles that write a step's follow-up after the planner's decision.
+FOLLOW_UP_ROLES: tuple[str, ...] = MULTI_ROLES[1:]
+#: The roles that call tools: their chat-format requests carry the tool schemas.
+TOOL_ROLES: tuple[str, ...] = ("caller", "backbone")
 
 #: Speakers of a stage-2 conversation (the ``from`` field).
 USER, ASSISTANT, CALLER, OBSERVATION, CONCLUSION = (
@@ -67,6 +73,17 @@ TURN_END = "</s>"
 FINISH = "Finish"
 GIVE_ANSWER = "give_answer"
 GIVE_UP_AND_RESTART = "give_up_and_restart"
+#: An answer file's ``finish_type``: ``give_answer``, or ``give_up`` for a search that found
+#: no answer and kept a give-up.
+GIVE_UP = "give_up"
+FINISH_TYPES: tuple[str, ...] = (GIVE_ANSWER, GIVE_UP)
+#: The node types of ToolBench's DFS trees (a step with a thought adds all three).
+THOUGHT_NODE, ACTION_NODE, ACTION_INPUT_NODE = "Thought", "Action", "Action Input"
+
+#: α-UMi's word for what is missing: an empty model output, a call that names no function
+#: (the agent calls it, and the environment rejects it as an unknown name), a ``Finish``
+#: without a final answer (no summarizer sample is made of it).
+PLACEHOLDER = "none"
 
 #: The text a caller target contains when ToolBench logged a call to a non-existent function.
 HALLUCINATED_NAME = "invalid_hallucination_function_name"
@@ -511,7 +528,7 @@ def read_step(text: str) -> StepReading:
     action_input = "{}"
     if ACTION_INPUT_KEY in call:
         action_input = call[call.rindex(ACTION_INPUT_KEY) + len(ACTION_INPUT_KEY) :].strip()
-    action = "none"
+    action = PLACEHOLDER
     if ACTION_KEY in call:
         action = call[call.rindex(ACTION_KEY) + len(ACTION_KEY) :].strip()
         if ACTION_INPUT_KEY in action:

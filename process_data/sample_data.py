@@ -21,7 +21,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from process_data.protocol import function_name
+from process_data.protocol import (
+    ACTION_INPUT_NODE,
+    ACTION_NODE,
+    FINISH,
+    FINISH_FUNCTION,
+    GIVE_ANSWER,
+    GIVE_UP,
+    GIVE_UP_AND_RESTART,
+    HALLUCINATED_NAME,
+    THOUGHT_NODE,
+    function_name,
+)
 
 Message = dict[str, Any]
 
@@ -121,22 +132,6 @@ TOOLS: list[dict[str, Any]] = [
 ]
 # fmt: on
 
-FINISH_SCHEMA = {
-    "name": "Finish",
-    "description": "If you believe that you have obtained a result that can answer the task, please call this function to provide the final answer. Alternatively, if you recognize that you are unable to proceed with the task in the current state, call this function to restart. Remember: you must ALWAYS call this function at the end of your attempt, and the only part that will be shown to the user is the final answer, so it should contain sufficient information.",  # noqa: E501
-    "parameters": {
-        "type": "object",
-        "properties": {
-            "return_type": {"type": "string", "enum": ["give_answer", "give_up_and_restart"]},
-            "final_answer": {
-                "type": "string",
-                "description": 'The final answer you want to give the user. You should have this field if "return_type"=="give_answer"',  # noqa: E501
-            },
-        },
-        "required": ["return_type"],
-    },
-}
-
 # One trajectory shape per DFS file, cycled in order over G1, G2 then G3 (see --per_group).
 SHAPES = "answer hallucination object_response give_up diversity give_up_first answer".split()
 SHAPES += ["bad_finish_json", "no_final_answer", "invalid"]
@@ -209,14 +204,14 @@ def build_messages(
         if content is not None:
             msgs.append({"role": "function", "name": name, "content": content})
 
-    give_up = json.dumps({"return_type": "give_up_and_restart"}, indent=2)
+    give_up = json.dumps({"return_type": GIVE_UP_AND_RESTART}, indent=2)
     if shape == "give_up_first":
-        act("Finish", give_up, "These services look unreliable today, so I will restart.")
+        act(FINISH, give_up, "These services look unreliable today, so I will restart.")
         return msgs, give_up
     if shape == "hallucination":
         fake = steps[0]["name"].replace("_for_", "_v2_for_", 1)
         act(
-            "invalid_hallucination_function_name",
+            HALLUCINATED_NAME,
             steps[0]["args"],
             f"Let me try {fake}.",
             _content("", f"No such function name: {fake}"),
@@ -230,21 +225,21 @@ def build_messages(
                 _content("", "Timeout error: the service did not answer in time"),
             )
             if shape == "give_up":
-                act("Finish", give_up, "The service keeps timing out, so I will give up.")
+                act(FINISH, give_up, "The service keeps timing out, so I will give up.")
                 return msgs, give_up
-            tried = f"1. Finish with arguments {json.dumps({'return_type': 'give_up_and_restart'})}"
+            tried = f"1. {FINISH} with arguments {json.dumps({'return_type': GIVE_UP_AND_RESTART})}"
             msgs.append({"role": "user", "content": DIVERSITY.format(actions=tried)})
         thought = f"I will call {step['name']} to find out {step['ask']}." if i % 2 == 0 else None
         obj = shape == "object_response" and i == 0
         act(step["name"], step["args"], thought, _content(step["obj"] if obj else step["out"]))
     answer = " ".join(step["tell"] for step in steps)
-    finish = {"return_type": "give_answer", "final_answer": answer}
+    finish = {"return_type": GIVE_ANSWER, "final_answer": answer}
     if shape == "no_final_answer":
         del finish["final_answer"]
     args = json.dumps(finish, indent=2)
     if shape == "bad_finish_json":
         args = args[: args.rindex(" ")]  # cut mid-answer: no closing quote or brace
-    act("Finish", args, "I have everything I need, so I will give the answer.")
+    act(FINISH, args, "I have everything I need, so I will give the answer.")
     return msgs, args
 
 
@@ -255,11 +250,14 @@ def cot_chain(msgs: list[Message], win: bool) -> list[dict[str, Any]]:
         if msg["role"] != "assistant":
             continue
         if msg["content"]:
-            nodes.append(("Thought", msg["content"], None))
+            nodes.append((THOUGHT_NODE, msg["content"], None))
         if "function_call" in msg:
             call = msg["function_call"]
             nxt = msgs[i + 1]["content"] if i + 1 < len(msgs) else _content("final answer given")
-            nodes += [("Action", call["name"], None), ("Action Input", call["arguments"], nxt)]
+            nodes += [
+                (ACTION_NODE, call["name"], None),
+                (ACTION_INPUT_NODE, call["arguments"], nxt),
+            ]
     chain = []
     for depth, (kind, desc, obs) in enumerate(nodes, start=1):
         last = depth == len(nodes)
@@ -333,7 +331,7 @@ def make_answer(group: str, qid: int, shape: str, cot: bool, seed: int) -> dict[
     """One answer file's content: a toy query in ``group`` answered with the given shape."""
     rng, tools, picked, steps, query = _task(group, qid, cot, seed)
     functions = [function_schema(t["tool"], api) for t in tools for api in t["apis"]]
-    functions.append(FINISH_SCHEMA)
+    functions.append(FINISH_FUNCTION)
     msgs, finish_args = build_messages(shape, steps, query, [f["name"] for f in functions], cot)
     valid = shape != "invalid"
     win = valid and '"give_answer"' in finish_args
@@ -342,7 +340,7 @@ def make_answer(group: str, qid: int, shape: str, cot: bool, seed: int) -> dict[
         "query_count": sum("function_call" in m for m in msgs),
         "total_tokens": len(json.dumps(msgs)) // 4,
         "final_answer": finish_args if valid else "",
-        "finish_type": "give_answer" if win else "give_up",
+        "finish_type": GIVE_ANSWER if win else GIVE_UP,
         "function": functions,
         "chain": [],
     }

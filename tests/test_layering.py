@@ -13,6 +13,8 @@ from pathlib import Path
 import tomllib
 from conftest import REPO
 
+from process_data import protocol
+
 PACKAGES = ("process_data", "GLPFT", "inference_utils")
 
 
@@ -115,3 +117,78 @@ def test_no_module_imports_a_command() -> None:
         if module != target.rsplit(".", 1)[0] + ".__main__" and module != target + ".__main__"
     ]
     assert not wrong, "modules that import a command: " + ", ".join(wrong)
+
+
+# -- one source of truth: the protocol's words live in the protocol module ---------------------
+
+#: Exact strings that only the protocol module may spell (each has a constant there).
+PROTOCOL_WORDS = {
+    protocol.FINISH,
+    protocol.GIVE_ANSWER,
+    protocol.GIVE_UP,
+    protocol.GIVE_UP_AND_RESTART,
+    protocol.PLACEHOLDER,
+    protocol.HALLUCINATED_NAME,
+    protocol.THOUGHT_NODE,
+    protocol.ACTION_NODE,
+    protocol.ACTION_INPUT_NODE,
+    protocol.MODEL_INPUT_PREFIX,
+    protocol.BACKBONE_GIVE_UP,
+}
+#: Markers that no string outside it may even contain.
+PROTOCOL_MARKERS = (
+    *protocol.NEXT_MARKERS.values(),
+    protocol.ACTION_KEY,
+    protocol.ACTION_INPUT_KEY,
+    protocol.TURN_END,
+    f"'name': '{protocol.FINISH}'",
+)
+#: Spellings that mean something else where they stand.
+ALLOWED = {
+    ("process_data/sample_data.py", "give_up"): "a trajectory shape's name",
+    ("inference_utils/tooleval/pass_rate.py", "none"): "the --compat flag's value",
+}
+
+
+def strings(path: Path) -> list[tuple[int, str]]:
+    """The string constants of a module (f-string parts too), docstrings left out."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docs = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs
+    ]
+
+
+def role_lists(path: Path) -> list[int]:
+    """Lines with a tuple, list or set literal of two or more role names: a role list that
+    should be the protocol's ``ROLES`` or ``MULTI_ROLES``."""
+    roles = set(protocol.ROLES)
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Tuple | ast.List | ast.Set)
+        and sum(isinstance(e, ast.Constant) and e.value in roles for e in node.elts) >= 2
+    ]
+
+
+def test_the_protocol_words_are_spelled_only_in_the_protocol_module() -> None:
+    leaks = []
+    for path in modules().values():
+        rel = path.relative_to(REPO).as_posix()
+        if rel == "process_data/protocol.py":
+            continue
+        for line, text in strings(path):
+            if text in PROTOCOL_WORDS and (rel, text) not in ALLOWED:
+                leaks.append(f"{rel}:{line}: {text!r}")
+            leaks += [f"{rel}:{line}: {m!r} in a string" for m in PROTOCOL_MARKERS if m in text]
+        leaks += [f"{rel}:{line}: a list of roles" for line in role_lists(path)]
+    assert not leaks, "spell these with process_data.protocol's constants:\n" + "\n".join(leaks)

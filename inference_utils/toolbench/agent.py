@@ -42,11 +42,11 @@ from inference_utils.endpoints import EndpointClient
 from inference_utils.generation import RoleModels, clean_output
 from inference_utils.toolbench.requests import Generate, ToolPlan, ToolRequest
 from inference_utils.toolclient import ToolClient
-from process_data.protocol import REQUEST_FAILED, Observation
+from process_data.protocol import REQUEST_FAILED, ROLES, Observation
 
 #: The order in which a round asks the roles: a planner's output may need the caller or the
 #: summarizer in the same round.
-ROLE_ORDER = ("backbone", "planner", "caller", "summarizer")
+ROLE_ORDER = ROLES
 #: The task graph's lane of tool calls.
 TOOLS_LANE = "tools"
 #: The default bound on each call of a plan: a backstop, since the client bounds its own calls.

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from inference_utils.toolbench.search import SearchResult, tree_json
-from process_data.protocol import file_name_part
+from process_data.protocol import GIVE_ANSWER, GIVE_UP, file_name_part
 
 
 def answer_path(output_dir: str | os.PathLike[str], query_id: object, method: str) -> Path:
@@ -46,15 +46,15 @@ def _dfs_answer(result: SearchResult, rng: random.Random) -> dict:
         "query_count": result.query_count,
         "total_tokens": result.total_tokens,
         "final_answer": "",
-        "finish_type": "give_answer",
+        "finish_type": GIVE_ANSWER,
         "function": result.functions,
         "chain": [],
     }
     answered = [node for node in result.terminal_nodes if not node.pruned]
-    chosen, finish_type = (answered[0], "give_answer") if answered else (None, "")
+    chosen, finish_type = (answered[0], GIVE_ANSWER) if answered else (None, "")
     if chosen is None and result.give_up_nodes:
         chosen = result.give_up_nodes[rng.randrange(len(result.give_up_nodes))]
-        finish_type = "give_up"
+        finish_type = GIVE_UP
     if chosen is not None:
         generation["valid_data"] = True
         generation["finish_type"] = finish_type

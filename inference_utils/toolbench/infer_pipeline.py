@@ -51,6 +51,9 @@ from inference_utils.toolbench.steps import step_samples
 from process_data.jsonio import JsonArrayWriter
 from process_data.protocol import (
     ASSISTANT,
+    FOLLOW_UP_ROLES,
+    PLACEHOLDER,
+    TOOL_ROLES,
     build_prompt,
     chat_tools,
     format_action,
@@ -81,12 +84,12 @@ def run_chunk(
             finish(sample, "backbone", output)
         return done
     plans = models.generate("planner", [text_prompt(s, "planner", prompt_types) for s in done])
-    follow: dict[str, list[int]] = {"caller": [], "summarizer": []}
+    follow: dict[str, list[int]] = {role: [] for role in FOLLOW_UP_ROLES}
     for k, (sample, output) in enumerate(zip(done, plans, strict=True)):
         role = plan_step(sample, output, prompt_types)
         if role is not None:
             follow[role].append(k)
-    for role in ("caller", "summarizer"):
+    for role in FOLLOW_UP_ROLES:
         if not follow[role]:
             continue
         texts = models.generate(
@@ -138,10 +141,10 @@ def endpoint_prompt(sample: dict, role: str, api: str, prompt_types: dict[str, s
     if api == "completions":
         return text_prompt(sample, role, prompt_types), None
     turns = list(sample["history"])
-    if role in ("caller", "summarizer"):
+    if role in FOLLOW_UP_ROLES:
         turns.append({"from": ASSISTANT, "value": sample["planner_prediction"]})
     messages = ChatEncoder("", sample["tools"], turns).prompt(role, len(turns))
-    tools = chat_tools(sample["tools"]) if role in ("caller", "backbone") else None
+    tools = chat_tools(sample["tools"]) if role in TOOL_ROLES else None
     return messages, tools
 
 
@@ -226,7 +229,7 @@ def backbone_prediction(output: str) -> str:
     follow = decision.follow_up
     if decision.kind == "caller":
         parsed = parse_action(follow or "")
-        follow = format_action(*parsed) if parsed else (follow or "none")
+        follow = format_action(*parsed) if parsed else (follow or PLACEHOLDER)
     return format_prediction(turn, decision.kind, follow)
 
 

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from process_data.protocol import CONCLUSION_TAG, PLAN_OF_DECISION, TURN_END, read_step
+from process_data.protocol import CONCLUSION_TAG, PLACEHOLDER, PLAN_OF_DECISION, TURN_END, read_step
 
 #: What this module returns where α-UMi's script raises an exception.
 DEFINED_WHERE_ALPHA_UMI_CRASHES = {
@@ -152,13 +152,15 @@ def score_step(index: int, record: dict) -> StepScore:
         ref_plan=ref.plan,
         pred_plan=pred.plan,
         plan_correct=ref.plan == pred.plan,
-        hallucinated=pred.action is not None and pred.action != "none" and pred.action not in names,
+        hallucinated=pred.action is not None
+        and pred.action != PLACEHOLDER
+        and pred.action not in names,
     )
     if ref.plan == "finish":
-        step.rouge_l = rouge_l(pred.answer if pred.answer is not None else "none", ref.answer)
+        step.rouge_l = rouge_l(pred.answer if pred.answer is not None else PLACEHOLDER, ref.answer)
     elif ref.plan == "call":
         step.ref_action = ref.action
-        step.pred_action = pred.action if pred.action is not None else "none"
+        step.pred_action = pred.action if pred.action is not None else PLACEHOLDER
         step.action_correct = step.pred_action == ref.action
         if not step.action_correct:
             step.easy_f1, step.hard_f1, step.f1 = [0.0], [0.0], [0.0]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Generator, Hashable
-from typing import Protocol
 
 from inference_utils.toolbench.requests import Generate
 from inference_utils.toolbench.search import PARALLEL_CALLS
@@ -32,6 +31,8 @@ from process_data.protocol import (
     FINISH,
     GIVE_ANSWER,
     GIVE_UP_AND_RESTART,
+    PLACEHOLDER,
+    TOOL_ROLES,
     build_prompt,
     chat_tools,
     format_plan,
@@ -48,17 +49,8 @@ from process_data.toolbench.stage2 import to_stage2
 #: The function a caller output names when it holds no ``Action:`` / ``Action Input:`` pair:
 #: α-UMi's agent calls ``none`` with ``{}`` then, a name the environment rejects as
 #: ToolBench's rejects any unknown function (status 1, a hallucinated name).
-UNPARSED_NAME = "none"
+UNPARSED_NAME = PLACEHOLDER
 UNPARSED_ARGUMENTS = "{}"
-
-#: The roles whose chat-format requests carry the tools.
-_TOOL_ROLES = ("caller", "backbone")
-
-
-class Policy(Protocol):
-    def decide(
-        self, messages: list[dict], functions: list[dict]
-    ) -> Generator[Generate, str, dict]: ...
 
 
 def assistant_message(thought: str | None, name: str, arguments: str) -> dict:
@@ -137,7 +129,7 @@ class _RolePrompts:
         messages = chat = None
         if self.chat:
             messages = tuple(ChatEncoder("", tools, turns).prompt(role, len(turns)))
-            chat = tuple(chat_tools(tools)) if role in _TOOL_ROLES else None
+            chat = tuple(chat_tools(tools)) if role in TOOL_ROLES else None
         return Generate(role, prompt, messages, chat, (self.query_id, role))
 
 

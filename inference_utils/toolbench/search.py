@@ -33,9 +33,16 @@ from typing import Protocol
 
 from inference_utils.toolbench.functions import FINAL_ANSWER, GIVE_UP, NO_SUCH_FUNCTION, QueryEnv
 from inference_utils.toolbench.requests import Generate, Request
-from process_data.protocol import DIVERSITY_PROMPT, FINISH, HALLUCINATED_NAME
+from process_data.protocol import (
+    ACTION_INPUT_NODE,
+    ACTION_NODE,
+    DIVERSITY_PROMPT,
+    FINISH,
+    HALLUCINATED_NAME,
+    THOUGHT_NODE,
+)
 
-THOUGHT, ACTION, ACTION_INPUT = "Thought", "Action", "Action Input"
+THOUGHT, ACTION, ACTION_INPUT = THOUGHT_NODE, ACTION_NODE, ACTION_INPUT_NODE
 #: The key of a policy's message that holds every call of a model output with several
 #: (``--parallel_calls``, an extension beyond ToolBench): ``[{"name", "arguments"}, ...]``,
 #: the message's own ``function_call`` first. The search takes it out of the message, so it

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from process_data.protocol import FINISH
+from process_data.protocol import ACTION_INPUT_NODE, ACTION_NODE, FINISH, THOUGHT_NODE
 
 SEED = 42
 SYSTEM, USER, TOOL, ASSISTANT = "system", "user", "tool", "assistant"
@@ -111,11 +111,11 @@ def cot_steps(answer: dict, rng: random.Random) -> Step:
     index = 0
     while index < len(chain):
         node = chain[index]
-        if node["node_type"] == "Action":
+        if node["node_type"] == ACTION_NODE:
             given = chain[index + 1]
             last = last.add(_tool(node["description"], given["description"], given["observation"]))
             index += 1
-        elif node["node_type"] == "Thought":
+        elif node["node_type"] == THOUGHT_NODE:
             last = last.add(Step(ASSISTANT, node["description"]))
         else:
             raise ConvertError(f"unknown node_type {node['node_type']!r} in a CoT chain")
@@ -135,13 +135,13 @@ def dfs_steps(answer: dict) -> Step:
 def _tree_step(node: dict) -> Step:
     children = [_tree_step(child) for child in node.get("children") or []]
     kind = node["node_type"]
-    if kind == "Thought":
+    if kind == THOUGHT_NODE:
         return Step(ASSISTANT, node["description"], children)
-    if kind == "Action":
+    if kind == ACTION_NODE:
         inputs = [
             k
             for k, child in enumerate(node["children"] or [])
-            if child["node_type"] == "Action Input"
+            if child["node_type"] == ACTION_INPUT_NODE
         ]
         if inputs:
             given = node["children"][inputs[0]]
@@ -155,7 +155,7 @@ def _tree_step(node: dict) -> Step:
                 },
                 merged,
             )
-    elif kind != "Action Input":
+    elif kind != ACTION_INPUT_NODE:
         raise ConvertError(f"unknown node_type {kind!r} in a DFS tree")
     # an Action without input, or an Action Input without its Action: kept as ToolBench keeps
     # them, with the tree node itself as the message

@@ -30,6 +30,7 @@ from process_data.protocol import (
     HALLUCINATED_NAME,
     NEXT_GIVE_UP,
     OBSERVATION,
+    PLACEHOLDER,
     PROMPT_TEMPLATES,
     SPEAKERS,
     USER,
@@ -247,8 +248,8 @@ def _summarizer(conv: list[dict], out: RoleSteps) -> None:
     for i, turn in enumerate(conv):
         speaker, value = turn["from"], turn["value"]
         if speaker == CONCLUSION:
-            if value == "none":
-                out.skipped.append((i, "Finish gave no final answer ('none')"))
+            if value == PLACEHOLDER:
+                out.skipped.append((i, f"Finish gave no final answer ({PLACEHOLDER!r})"))
                 continue
             out.steps.append(Step(i, value, out.prompt, history))
         history += _entry(speaker, value)

@@ -26,6 +26,7 @@ from process_data.protocol import (
     FINISH,
     GIVE_UP_AND_RESTART,
     OBSERVATION,
+    PLACEHOLDER,
     USER,
     format_action,
     format_plan,
@@ -46,7 +47,7 @@ def _finish_outcome(arguments: object, content: str | None) -> str | None:
         parsed = arguments if isinstance(arguments, dict) else json.loads(arguments)
         if parsed["return_type"] == GIVE_UP_AND_RESTART:
             return None
-        return parsed["final_answer"] if "final_answer" in parsed else "none"
+        return parsed["final_answer"] if "final_answer" in parsed else PLACEHOLDER
     except Exception:  # α-UMi's bare except: any failure falls back to text matching
         text = require_str(arguments, "Finish arguments")
         if GIVE_UP_AND_RESTART in text:
@@ -54,7 +55,7 @@ def _finish_outcome(arguments: object, content: str | None) -> str | None:
         start = text.find(_FINAL_ANSWER_KEY)
         if start != -1:
             return text[start + len(_FINAL_ANSWER_KEY) :].strip().strip("}").strip('"')
-        return content if content is not None else "none"
+        return content if content is not None else PLACEHOLDER
 
 
 def _observation(content: object, compat: bool) -> object:
