@@ -52,7 +52,8 @@ QUERIES = (
 METHOD = "DFS_woFilter_w2"
 TARGET = 4.0
 
-from inference_utils.endpoints import Endpoint, EndpointClient  # noqa: E402
+from inference_utils.backends import ModelRequest  # noqa: E402
+from inference_utils.endpoints import Endpoint, EndpointBackend, EndpointClient  # noqa: E402
 from inference_utils.toolbench.agent import RunStats, run_searches  # noqa: E402
 from inference_utils.toolbench.answers import answer_json  # noqa: E402
 from inference_utils.toolbench.functions import QueryEnv  # noqa: E402
@@ -240,17 +241,19 @@ def workload(name: str, args: argparse.Namespace, tool_url: str) -> dict:
     if name == "endpoints":
         roles = ("planner", "caller", "summarizer")
         servers = [RoleServer(role, args.calls, args.llm_delay) for role in roles]
-        llm = {
-            role: EndpointClient(Endpoint(s.url), max_new_tokens=64, max_connections=64)
-            for role, s in zip(roles, servers, strict=True)
-        }
+        llm = EndpointBackend(
+            {
+                role: EndpointClient(Endpoint(s.url), max_new_tokens=64, max_connections=64)
+                for role, s in zip(roles, servers, strict=True)
+            }
+        )
         bounds: dict = {}
     else:
         from inference_utils.generation import GenerationSettings, HFModels
 
         settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
         llm = HFModels({r: args.model for r in ("planner", "caller", "summarizer")}, settings)
-        llm.generate("planner", ["warm up"])  # load before timing
+        llm.generate("planner", [ModelRequest(prompt="warm up")])  # load before timing
         bounds = {"max_steps": 3, "max_query_count": 8}
     rows = {}
     try:

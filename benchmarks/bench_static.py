@@ -121,13 +121,14 @@ def outputs(done: list[dict]) -> dict:
 
 
 def child_memory(args: argparse.Namespace, paths: dict[str, str], adapters: dict) -> dict:
+    from inference_utils.backends import ModelRequest
     from inference_utils.generation import GenerationSettings, HFModels, LoRAModels
 
     settings = GenerationSettings(max_new_tokens=4, dtype=args.dtype)
     prompt = samples(1)[0]["model_input"]
     models = LoRAModels(adapters, settings) if args.child == "lora" else HFModels(paths, settings)
     for role in ROLES:
-        models.generate(role, [prompt])
+        models.generate(role, [ModelRequest(prompt=prompt)])
     return {"peak_mib": peak_mib()}
 
 

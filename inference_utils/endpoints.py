@@ -18,17 +18,19 @@ import random
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from inference_utils import bounded_http
+from inference_utils.backends import ModelRequest, ModelResult
 from process_data.protocol import (
     MODEL_INPUT_PREFIX,
     ask_for_json,
     assistant_text,
+    clean_output,
     json_object,
     plain_roles,
 )
@@ -238,9 +240,68 @@ class EndpointClient:
         text = self.chat(ask_for_json(messages, function), response_format={"type": "json_object"})
         return json_object(text)
 
-    def generate(self, prompt: str | Sequence[dict], tools: Sequence[dict] | None = None) -> str:
-        """Text prompts go to the completions API, message lists to the chat API."""
-        return self.complete(prompt) if isinstance(prompt, str) else self.chat(prompt, tools)
+    def stream_complete(self, prompt: str) -> Iterator[str]:
+        """The completion of an α-UMi text prompt, piece by piece as the server sends it."""
+        body = {"model": self.model, "prompt": MODEL_INPUT_PREFIX + prompt, **self.sampling}
+        for choice in self._stream("/completions", body):
+            if choice.get("text"):
+                yield choice["text"]
+
+    def stream_chat(
+        self, messages: Sequence[dict], tools: Sequence[dict] | None = None
+    ) -> Iterator[str]:
+        """The answer's text, piece by piece as the server sends it (tool messages as text
+        for a server known to refuse them)."""
+        plain = self.plain_roles
+        body: dict[str, Any] = {"model": self.model, **self.sampling}
+        if tools and not plain:
+            body["tools"] = list(tools)
+        body["messages"] = plain_roles(messages) if plain else list(messages)
+        for choice in self._stream("/chat/completions", body):
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                yield text
+
+    def _stream(self, path: str, body: dict) -> Iterator[dict]:
+        """Each streamed chunk's first choice (server-sent events, ``stream: true``). A
+        request that fails before the first chunk is retried as :meth:`_request` retries; a
+        stream cut off later raises :class:`EndpointError`. At most ``max_answer_bytes`` are
+        read."""
+        where = f"POST {self.endpoint.url.rstrip('/')}{path} (streamed)"
+        body = {**body, "stream": True}
+        for attempt in range(self.max_retries + 1):
+            started, read = False, 0
+            try:
+                with self._http.stream("POST", path, json=body) as response:
+                    if response.status_code >= 400:
+                        text = response.read()[:500].decode("utf-8", "replace")
+                        problem = f"HTTP {response.status_code}: {text}"
+                        if response.status_code not in _RETRY_STATUS:
+                            raise EndpointError(f"{where}: {problem}")
+                    else:
+                        for line in response.iter_lines():
+                            read += len(line)
+                            if read > self.max_answer_bytes:
+                                raise EndpointError(
+                                    f"{where}: the answer exceeds {self.max_answer_bytes:,} bytes"
+                                )
+                            data = line.removeprefix("data:").strip()
+                            if not line.startswith("data:") or not data:
+                                continue
+                            if data == "[DONE]":
+                                return
+                            choices = json.loads(data).get("choices") or []
+                            if choices:
+                                started = True
+                                yield choices[0]
+                        return
+            except httpx.TransportError as exc:
+                if started:
+                    raise EndpointError(f"{where}: the stream broke: {exc}") from exc
+                problem = f"{type(exc).__name__}: {exc}"
+            if attempt < self.max_retries:
+                time.sleep(min(self.backoff * 2**attempt * random.uniform(0.5, 1.0), 30.0))
+        raise EndpointError(f"{where}: failed after {self.max_retries + 1} attempts: {problem}")
 
     def _request(
         self,
@@ -318,3 +379,67 @@ def _first_choice(answer: dict, url: str) -> dict:
     if not choices:
         raise EndpointError(f"{url}: answer has no choices: {json.dumps(answer)[:300]}")
     return choices[0]
+
+
+@dataclass
+class EndpointBackend:
+    """One OpenAI-compatible endpoint client per role (:class:`EndpointClient`: retries,
+    timeouts, the role-refusal and JSON-mode fallbacks). A request is sent to the completions
+    API as its α-UMi prompt, or to the chat API as its messages, as the role's endpoint
+    speaks (``Endpoint.api``)."""
+
+    clients: Mapping[str, EndpointClient]
+    concurrency: int = 8
+    batched: bool = field(default=False, init=False)
+
+    def client(self, role: str) -> EndpointClient:
+        client = self.clients.get(role)
+        if client is None:
+            raise KeyError(f"no endpoint for role {role!r}")
+        return client
+
+    def generate(self, role: str, requests: Sequence[ModelRequest]) -> list[ModelResult]:
+        client = self.client(role)
+        return [self._one(client, role, request) for request in requests]
+
+    def _one(self, client: EndpointClient, role: str, request: ModelRequest) -> ModelResult:
+        if request.function is not None:
+            messages = self._messages(client, role, request)
+            arguments = client.call_function(messages, request.function)
+            call = {"name": request.function["name"], "arguments": json.dumps(arguments)}
+            return ModelResult("", (call,))
+        if request.json_mode:
+            messages = self._messages(client, role, request)
+            return ModelResult(client.chat(messages, response_format={"type": "json_object"}))
+        if client.endpoint.api == "chat":
+            messages = self._messages(client, role, request)
+            text = client.chat(messages, list(request.tools) if request.tools else None)
+        else:
+            if request.prompt is None:
+                raise ValueError(f"the {role} endpoint speaks completions: give a prompt")
+            text = client.complete(request.prompt)
+        return ModelResult(clean_output(text))
+
+    @staticmethod
+    def _messages(client: EndpointClient, role: str, request: ModelRequest) -> list[dict]:
+        if request.messages is None:
+            raise ValueError(f"the {role} endpoint speaks chat: the request has no messages")
+        return list(request.messages)
+
+    def stream(self, role: str, request: ModelRequest) -> Iterator[str]:
+        """The text as the endpoint streams it (server-sent events)."""
+        client = self.client(role)
+        if client.endpoint.api == "chat":
+            tools = list(request.tools) if request.tools else None
+            yield from client.stream_chat(self._messages(client, role, request), tools)
+        elif request.prompt is None:
+            raise ValueError(f"the {role} endpoint speaks completions: give a prompt")
+        else:
+            yield from client.stream_complete(request.prompt)
+
+    def release(self, sessions: Iterable[Hashable]) -> None:
+        """Endpoints keep no sessions."""
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()

@@ -1,4 +1,5 @@
-"""Role models behind one interface: ``generate(role, prompts) -> texts``.
+"""Local role models behind the role-backend interface (:mod:`inference_utils.backends`):
+``generate(role, requests) -> results``, ``stream(role, request)``, ``release(sessions)``.
 
 * :class:`HFModels`: one local checkpoint per role (a path may serve several roles and is
   then loaded once);
@@ -20,7 +21,7 @@ leading special tokens) beyond ``max_input_length`` tokens. Two ways to batch:
 
 An agent asks each role for a new output every turn, with a prompt that starts with most of
 the previous turn's (the α-UMi templates put their fixed instructions after the history, so
-the shared part ends inside it). ``generate(role, prompts, sessions)`` therefore keeps, per
+the shared part ends inside it). ``generate(role, requests)`` therefore keeps, per
 (role, session), the KV cache of the session's last prompt, and the next prompt of that
 session is prefilled from it where it is longer than the prefix shared with the previous
 prompt of the call. The kept caches are bounded (``max_sessions``, ``max_session_bytes``,
@@ -36,15 +37,16 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from GLPFT.data import fit
 from GLPFT.models import resolve_model
-from process_data.protocol import MODEL_INPUT_PREFIX, PLACEHOLDER, ask_for_json, json_object
+from inference_utils.backends import ModelRequest, ModelResult
+from process_data.protocol import MODEL_INPUT_PREFIX, ask_for_json, clean_output
 
 
 @dataclass(frozen=True)
@@ -61,14 +63,6 @@ class GenerationSettings:
     dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     max_sessions: int = 256  # KV caches kept between calls, one per (role, session)
     max_session_bytes: int = 4 * 2**30  # and the memory they may hold together
-
-
-class RoleModels(Protocol):
-    def generate(
-        self, role: str, prompts: Sequence[str], sessions: Sequence[Hashable | None] | None = None
-    ) -> list[str]: ...
-
-    def release(self, sessions: Iterable[Hashable]) -> None: ...
 
 
 @dataclass
@@ -162,13 +156,6 @@ def _dtype(name: str) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
-def clean_output(text: str) -> str:
-    """α-UMi's post-processing of a decoded output."""
-    if text.startswith(": "):
-        text = text[2:]
-    return PLACEHOLDER if text.strip() in ("", ".", ",") else text
-
-
 def runs(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:
     """Consecutive indices grouped in input order, each group within both limits (counting
     its width as that of its longest prompt), so that neighbours keep sharing prefixes."""
@@ -239,17 +226,36 @@ def generate_from_ids(
     kept: SessionCaches | None = None,
     stats: PrefillStats | None = None,
 ) -> list[str]:
-    """The texts generated after each prompt (token ids), in input order."""
+    """The texts generated after each prompt (token ids), in input order, post-processed as
+    α-UMi's outputs are."""
+    new = generate_ids(model, tokenizer, ids, settings, sessions, kept, stats)
+    return [clean_output(tokenizer.decode(x, skip_special_tokens=True)) for x in new]
+
+
+def generate_ids(
+    model: Any,
+    tokenizer: Any,
+    ids: Sequence[list[int]],
+    settings: GenerationSettings,
+    sessions: Sequence[Hashable | None] | None = None,
+    kept: SessionCaches | None = None,
+    stats: PrefillStats | None = None,
+) -> list[list[int]]:
+    """The token ids generated after each prompt (token ids), in input order."""
     if sessions is not None and len(sessions) != len(ids):
         raise ValueError(f"{len(sessions)} sessions for {len(ids)} prompts")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id)
+    pad = _pad_id(tokenizer)
     if settings.reuse_prefixes and _croppable(model):
-        new = generate_reusing_prefixes(model, tokenizer, ids, settings, pad, sessions, kept, stats)
-    else:
-        new = generate_padded(model, tokenizer, ids, settings, pad)
-        if stats is not None:
-            stats.add(sum(len(x) for x in ids), 0)
-    return [clean_output(tokenizer.decode(x, skip_special_tokens=True)) for x in new]
+        return generate_reusing_prefixes(
+            model, tokenizer, ids, settings, pad, sessions, kept, stats
+        )
+    if stats is not None:
+        stats.add(sum(len(x) for x in ids), 0)
+    return generate_padded(model, tokenizer, ids, settings, pad)
+
+
+def _pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def generate_padded(
@@ -423,47 +429,134 @@ def _load(path: str, settings: GenerationSettings) -> tuple[Any, Any]:
     return model.to(device).eval(), tokenizer
 
 
-class HFModels:
+class _LocalBackend:
+    """The role-backend interface (:mod:`inference_utils.backends`) over local models: a
+    batch of requests is one generation call over their prompts; calls are serialized."""
+
+    batched = True
+    concurrency = 1
+
+    def __init__(self, settings: GenerationSettings):
+        self.settings = settings
+        self.stats = PrefillStats()
+        self.sessions = SessionCaches(settings.max_sessions, settings.max_session_bytes)
+        self._lock = threading.Lock()
+
+    def _model_for(self, role: str) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def _roles(self) -> Iterable[str]:
+        raise NotImplementedError
+
+    def generate(self, role: str, requests: Sequence[ModelRequest]) -> list[ModelResult]:
+        """Each request's output; a request's session (None: none) carries its KV cache to
+        the session's next prompt for this role (KV caches are kept per role: the states of
+        one adapter are wrong for another)."""
+        with self._lock:
+            model, tokenizer = self._model_for(role)
+            ids = [self._prompt_ids(tokenizer, r) for r in requests]
+            sessions = [None if r.session is None else (role, r.session) for r in requests]
+            new = generate_ids(
+                model, tokenizer, ids, self.settings, sessions, self.sessions, self.stats
+            )
+        results = []
+        for request, prompt, out in zip(requests, ids, new, strict=True):
+            text = tokenizer.decode(out, skip_special_tokens=True)
+            text = text if request.raw else clean_output(text)
+            results.append(ModelResult(text, (), len(prompt), len(out)))
+        return results
+
+    def stream(self, role: str, request: ModelRequest) -> Iterator[str]:
+        """The text of one request as it is decoded (greedy or as the settings sample), from
+        a generation that runs in a thread of its own while the caller reads."""
+        from transformers import TextIteratorStreamer
+
+        with self._lock:
+            model, tokenizer = self._model_for(role)
+            ids = self._prompt_ids(tokenizer, request)
+            streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+            device = next(model.parameters()).device
+            decoding = _decoding(self.settings, tokenizer, _pad_id(tokenizer))
+            if self.settings.do_sample:
+                torch.manual_seed(self.settings.seed)
+
+            def run() -> None:
+                with torch.no_grad():
+                    model.generate(
+                        input_ids=torch.tensor([ids], device=device),
+                        attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=device),
+                        streamer=streamer,
+                        **decoding,
+                    )
+
+            worker = threading.Thread(target=run, name="local-stream", daemon=True)
+            worker.start()
+            try:
+                yield from streamer
+            finally:
+                worker.join()
+
+    def _prompt_ids(self, tokenizer: Any, request: ModelRequest) -> list[int]:
+        """A request's prompt tokens: the α-UMi text prompt as in training, else the chat
+        messages through the model's chat template (a forced function asked for as a JSON
+        object in text); cut to ``max_input_length`` as training cuts."""
+        special = set(tokenizer.all_special_ids)
+        if request.prompt is not None and not request.raw:
+            ids = tokenizer(MODEL_INPUT_PREFIX + request.prompt, verbose=False)["input_ids"]
+        else:
+            if request.messages is None:
+                raise ValueError("a local model needs messages for a function or JSON request")
+            messages = list(request.messages)
+            if request.function is not None:
+                messages = ask_for_json(messages, request.function)
+            templated = tokenizer.apply_chat_template(
+                messages,
+                tools=list(request.tools) if request.tools else None,
+                add_generation_prompt=True,
+                tokenize=True,
+            )
+            ids = templated["input_ids"] if hasattr(templated, "keys") else templated
+        return fit(list(ids), [], self.settings.max_input_length, special).input_ids
+
+    def release(self, sessions: Iterable[Hashable]) -> None:
+        """Drop the caches kept for ``sessions``, for every role."""
+        sessions = list(sessions)
+        self.sessions.release([(role, s) for role in self._roles() for s in sessions])
+
+    def close(self) -> None:
+        """Models are freed with the backend."""
+
+
+class HFModels(_LocalBackend):
     """One local checkpoint per role; a checkpoint shared by roles is loaded once."""
 
     def __init__(self, paths: dict[str, str], settings: GenerationSettings):
-        self.settings = settings
+        super().__init__(settings)
         self.paths = paths
-        self.stats = PrefillStats()
-        self.sessions = SessionCaches(settings.max_sessions, settings.max_session_bytes)
         self._loaded: dict[str, tuple[Any, Any]] = {}
 
-    def _model(self, role: str) -> tuple[Any, Any]:
+    def _model_for(self, role: str) -> tuple[Any, Any]:
+        if role not in self.paths:
+            raise KeyError(f"no model for role {role!r}")
         path = self.paths[role]
         if path not in self._loaded:
             self._loaded[path] = _load(path, self.settings)
         return self._loaded[path]
 
-    def generate(
-        self, role: str, prompts: Sequence[str], sessions: Sequence[Hashable | None] | None = None
-    ) -> list[str]:
-        """Outputs for ``prompts``; a prompt's session (None: none) carries its KV cache to
-        the session's next prompt for this role."""
-        model, tokenizer = self._model(role)
-        keys = _role_keys(role, sessions)
-        return generate_batched(
-            model, tokenizer, prompts, self.settings, keys, self.sessions, self.stats
-        )
-
-    def release(self, sessions: Iterable[Hashable]) -> None:
-        """Drop the caches kept for ``sessions``, for every role."""
-        self.sessions.release(_role_keys_all(self.paths, sessions))
+    def _roles(self) -> Iterable[str]:
+        return self.paths
 
 
-class LoRAModels:
-    """One base model with a LoRA adapter per role (GLPFT stage 2 with ``--lora_r``)."""
+class LoRAModels(_LocalBackend):
+    """One base model with a LoRA adapter per role (GLPFT stage 2 with ``--lora_r``),
+    switched per call, so only one base is ever in memory."""
 
     def __init__(
         self, adapters: dict[str, str], settings: GenerationSettings, base: str | None = None
     ):
         from peft import PeftConfig, PeftModel
 
-        self.settings = settings
+        super().__init__(settings)
         base = (
             base
             or PeftConfig.from_pretrained(next(iter(adapters.values()))).base_model_name_or_path
@@ -475,57 +568,12 @@ class LoRAModels:
             self.model.load_adapter(adapters[role], adapter_name=role)
         self.model.eval()
         self.roles = roles
-        self.stats = PrefillStats()
-        self.sessions = SessionCaches(settings.max_sessions, settings.max_session_bytes)
 
-    def generate(
-        self, role: str, prompts: Sequence[str], sessions: Sequence[Hashable | None] | None = None
-    ) -> list[str]:
-        """Outputs for ``prompts`` through ``role``'s adapter; caches are kept per (adapter,
-        session), the states of one adapter being wrong for another."""
+    def _model_for(self, role: str) -> tuple[Any, Any]:
+        if role not in self.roles:
+            raise KeyError(f"no adapter for role {role!r}")
         self.model.set_adapter(role)
-        keys = _role_keys(role, sessions)
-        return generate_batched(
-            self.model, self.tokenizer, prompts, self.settings, keys, self.sessions, self.stats
-        )
+        return self.model, self.tokenizer
 
-    def release(self, sessions: Iterable[Hashable]) -> None:
-        """Drop the caches kept for ``sessions``, for every adapter."""
-        self.sessions.release(_role_keys_all(self.roles, sessions))
-
-
-def _role_keys(
-    role: str, sessions: Sequence[Hashable | None] | None
-) -> list[tuple[str, Hashable] | None] | None:
-    if sessions is None:
-        return None
-    return [None if s is None else (role, s) for s in sessions]
-
-
-def _role_keys_all(roles: Iterable[str], sessions: Iterable[Hashable]) -> list[tuple]:
-    sessions = list(sessions)
-    return [(role, s) for role in roles for s in sessions]
-
-
-class ChatModel:
-    """A local model answering chat messages through its chat template (a judge, for
-    instance); calls are serialized."""
-
-    def __init__(self, path: str, settings: GenerationSettings):
-        self.model, self.tokenizer = _load(path, settings)
-        self.settings = settings
-        self._lock = threading.Lock()
-
-    def chat(self, messages: Sequence[dict]) -> str:
-        ids = self.tokenizer.apply_chat_template(
-            list(messages), add_generation_prompt=True, tokenize=True
-        )
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-        special = set(self.tokenizer.all_special_ids)
-        ids = fit(list(ids), [], self.settings.max_input_length, special).input_ids
-        with self._lock:
-            return generate_from_ids(self.model, self.tokenizer, [ids], self.settings)[0]
-
-    def call_function(self, messages: Sequence[dict], function: dict) -> dict:
-        """The arguments the model gives ``function``, asked for as a JSON object in text."""
-        return json_object(self.chat(ask_for_json(messages, function)))
+    def _roles(self) -> Iterable[str]:
+        return self.roles

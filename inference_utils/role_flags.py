@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import argparse
 
-from inference_utils.endpoints import APIS, Endpoint, EndpointClient
-from inference_utils.generation import GenerationSettings, HFModels, LoRAModels, RoleModels
+from inference_utils.backends import RoleBackend
+from inference_utils.endpoints import APIS, Endpoint, EndpointBackend, EndpointClient
+from inference_utils.generation import GenerationSettings, HFModels, LoRAModels
 from process_data.protocol import MULTI_ROLES as ROLES
 
 
-def build_clients(
+def build_endpoints(
     args: argparse.Namespace, prog: str = "infer_pipeline"
-) -> dict[str, EndpointClient] | None:
+) -> EndpointBackend | None:
     """The role endpoints, when the roles are served (all of them, or the backbone)."""
     roles = ("backbone",) if args.backbone_endpoint else ROLES
     urls = {r: getattr(args, f"{r}_endpoint") for r in roles}
@@ -43,12 +44,12 @@ def build_clients(
             )
         except ValueError as exc:
             raise SystemExit(f"{prog}: --{role}_endpoint_api_key_env: {exc}") from None
-    return clients
+    return EndpointBackend(clients, args.endpoint_concurrency)
 
 
 def build_models(
     args: argparse.Namespace, settings: GenerationSettings, prog: str = "infer_pipeline"
-) -> RoleModels:
+) -> RoleBackend:
     """The local role models of the flags: checkpoints, LoRA adapters, or the backbone."""
     if args.backbone_model_name_or_path:
         return HFModels({"backbone": args.backbone_model_name_or_path}, settings)

@@ -274,6 +274,13 @@ def build_prompt(
     return fill_step(fill_tools(template, tools), history, thought) + prompt_suffix(role)
 
 
+def clean_output(text: str) -> str:
+    """α-UMi's post-processing of a decoded output."""
+    if text.startswith(": "):
+        text = text[2:]
+    return PLACEHOLDER if text.strip() in ("", ".", ",") else text
+
+
 # --------------------------------------------------------------------------------------------
 # Planner turns: "<thought>\n Next: caller."
 # --------------------------------------------------------------------------------------------

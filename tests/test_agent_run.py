@@ -26,7 +26,8 @@ from fastapi.responses import JSONResponse
 from openai_gateway import Gateway, ScriptedEndpoint
 
 from GLPFT.models import TINY_LLAMA
-from inference_utils.endpoints import Endpoint, EndpointClient, EndpointError
+from inference_utils.backends import ModelRequest, ModelResult
+from inference_utils.endpoints import Endpoint, EndpointBackend, EndpointClient, EndpointError
 from inference_utils.generation import GenerationSettings, HFModels
 from inference_utils.toolbench.agent import RunStats, run_searches
 from inference_utils.toolbench.functions import TOOL_INPUT_ERROR
@@ -126,14 +127,16 @@ def tools_only(qid: int, calls: int = 2) -> Generator[ToolRequest, Observation, 
 class Recorder:
     """Real role models, with each ``generate`` call noted: (role, its prompts)."""
 
+    batched, concurrency = True, 1
+
     def __init__(self, models: HFModels):
         self.models = models
         self.calls: list[tuple[str, list[str]]] = []
         self.released: list[set] = []
 
-    def generate(self, role: str, prompts: Sequence[str], sessions=None) -> list[str]:
-        self.calls.append((role, list(prompts)))
-        return self.models.generate(role, prompts, sessions)
+    def generate(self, role: str, requests: Sequence[ModelRequest]) -> list[ModelResult]:
+        self.calls.append((role, [r.prompt for r in requests]))
+        return self.models.generate(role, requests)
 
     def release(self, sessions) -> None:
         self.released.append(set(sessions))
@@ -217,10 +220,12 @@ def test_a_search_that_raises_fails_only_its_query(tiny_models: HFModels) -> Non
 
 def test_a_role_model_that_raises_is_thrown_into_its_searches(tiny_models: HFModels) -> None:
     class NoCaller:
-        def generate(self, role: str, prompts: Sequence[str], sessions=None) -> list[str]:
+        batched, concurrency = True, 1
+
+        def generate(self, role: str, requests: Sequence[ModelRequest]) -> list[ModelResult]:
             if role == "caller":
                 raise MemoryError("the caller ran out of memory")
-            return tiny_models.generate(role, prompts, sessions)
+            return tiny_models.generate(role, requests)
 
         def release(self, sessions) -> None:
             tiny_models.release(sessions)
@@ -291,11 +296,13 @@ def scripted(qids: Sequence[int], roles: Sequence[str], steps: int = 1) -> dict[
     }
 
 
-def clients(urls: dict[str, str], **kw) -> dict[str, EndpointClient]:
-    return {
-        role: EndpointClient(Endpoint(url), timeout=10, max_retries=1, backoff=0.01, **kw)
-        for role, url in urls.items()
-    }
+def clients(urls: dict[str, str], **kw) -> EndpointBackend:
+    return EndpointBackend(
+        {
+            role: EndpointClient(Endpoint(url), timeout=10, max_retries=1, backoff=0.01, **kw)
+            for role, url in urls.items()
+        }
+    )
 
 
 def test_endpoints_answer_every_role_concurrently() -> None:
@@ -384,7 +391,7 @@ def test_a_plan_runs_its_calls_with_references_replaced(tiny_models, mode: str) 
         PlannedCall(3, "b_for_stub", stub("b", {"x": "$2"})),
     )
     done, on_done = collect()
-    llm = tiny_models if mode == "rounds" else {}
+    llm = tiny_models if mode == "rounds" else EndpointBackend({})
     with ToolStandIn() as server:
         client = tool_client(server.url)
         searches = {"good": good, "broken": broken}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ALPHA_UMI, read_json
+from conftest import ALPHA_UMI, generate_texts, read_json
 
 from GLPFT.models import TINY_LLAMA, resolve_model
 from inference_utils.generation import (
@@ -168,11 +168,11 @@ def test_turn_two_of_a_session_prefills_only_the_new_tokens(
 ) -> None:
     prompts = queries[0][:3]
     ids = [model_and_tokenizer[1](MODEL_INPUT_PREFIX + p)["input_ids"] for p in prompts]
-    plain = [models.generate("planner", [p])[0] for p in prompts]
+    plain = [generate_texts(models, "planner", [p])[0] for p in prompts]
     models.release(["q"])
     for t, prompt in enumerate(prompts):
         before = models.stats.prefilled_tokens, models.stats.reused_tokens
-        assert models.generate("planner", [prompt], sessions=["q"]) == [plain[t]]
+        assert generate_texts(models, "planner", [prompt], ["q"]) == [plain[t]]
         prefilled = models.stats.prefilled_tokens - before[0]
         reused = models.stats.reused_tokens - before[1]
         assert prefilled + reused == len(ids[t])
@@ -200,13 +200,13 @@ def test_interleaved_sessions_give_the_same_outputs_turn_after_turn(models, quer
         call += [(p, (q, "planner")) for q, p in pairs[1:]]
         calls.append(call)
     before = models.stats.prefilled_tokens
-    plain = [models.generate("planner", [p for p, _ in call]) for call in calls]
+    plain = [generate_texts(models, "planner", [p for p, _ in call]) for call in calls]
     without_sessions = models.stats.prefilled_tokens - before
     assert len({text for texts in plain for text in texts}) > 1  # outputs follow the prompt
     before = models.stats.prefilled_tokens
     for call, expected in zip(calls, plain, strict=True):
         prompts, sessions = zip(*call, strict=True)
-        assert models.generate("planner", prompts, sessions=sessions) == expected
+        assert generate_texts(models, "planner", prompts, sessions) == expected
     assert models.stats.prefilled_tokens - before < 0.6 * without_sessions
     models.release([(q, "planner") for q in range(len(queries))])
     assert len(models.sessions) == 0
@@ -225,12 +225,12 @@ def test_evicted_or_released_sessions_prefill_from_scratch_with_the_same_outputs
     for t, pairs in enumerate(turns(queries)):
         prompts, sessions = [p for _, p in pairs], [q for q, _ in pairs]
         before = models.stats.reused_tokens
-        plain = models.generate("planner", prompts)
+        plain = generate_texts(models, "planner", prompts)
         plain_reused = models.stats.reused_tokens - before
         if not limit and t > 0:
             models.release(sessions)
         before = models.stats.reused_tokens
-        assert models.generate("planner", prompts, sessions=sessions) == plain
+        assert generate_texts(models, "planner", prompts, sessions) == plain
         reused = models.stats.reused_tokens - before
         if "max_sessions" in limit:
             # query 1 came last and evicted query 0: only query 1 starts from its cache
@@ -283,8 +283,8 @@ def adapters(tmp_path: Path, model_path: str) -> dict[str, str]:
 def test_sessions_are_ignored_without_prefix_reuse(model_path, queries) -> None:
     models = HFModels({"planner": model_path}, replace(SETTINGS, reuse_prefixes=False))
     prompts = queries[0][:2]
-    plain = [models.generate("planner", [p]) for p in prompts]
-    assert [models.generate("planner", [p], sessions=["q"]) for p in prompts] == plain
+    plain = [generate_texts(models, "planner", [p]) for p in prompts]
+    assert [generate_texts(models, "planner", [p], ["q"]) for p in prompts] == plain
     assert len(models.sessions) == 0 and models.stats.reused_tokens == 0
 
 
@@ -294,13 +294,14 @@ def test_lora_caches_belong_to_the_adapter_and_the_session(adapters, queries) ->
     models = LoRAModels(adapters, SETTINGS)
     prompts = queries[0][:2]
     plain = {
-        role: [models.generate(role, [p])[0] for p in prompts] for role in ("planner", "caller")
+        role: [generate_texts(models, role, [p])[0] for p in prompts]
+        for role in ("planner", "caller")
     }
     assert plain["planner"] != plain["caller"]
     for t, prompt in enumerate(prompts):
         for role in ("planner", "caller"):
             before = models.stats.reused_tokens
-            assert models.generate(role, [prompt], sessions=["q"]) == [plain[role][t]]
+            assert generate_texts(models, role, [prompt], ["q"]) == [plain[role][t]]
             assert (models.stats.reused_tokens > before) == (t > 0)
     assert len(models.sessions) == 2
     models.release(["q"])

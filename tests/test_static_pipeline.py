@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ALPHA_UMI, REPO, kill_when, read_json, read_jsonl
+from conftest import ALPHA_UMI, REPO, generate_texts, kill_when, read_json, read_jsonl
 
 from inference_utils.toolbench.infer_pipeline import backbone_prediction
 from inference_utils.toolbench.metrics import evaluate
@@ -211,7 +211,7 @@ def test_lora_adapters_share_one_base(tmp_path: Path, adapters: dict[str, Path])
         GenerationSettings(max_new_tokens=5, max_input_length=256),
     )
     prompt = [render_turn(USER, "Weather in Lyon?") + prompt_suffix("planner")]
-    outputs = {role: models.generate(role, prompt)[0] for role in adapters}
+    outputs = {role: generate_texts(models, role, prompt)[0] for role in adapters}
     assert len(set(outputs.values())) > 1  # the adapters are switched per role
     bases = [m for m in models.model.modules() if type(m).__name__ == "LlamaModel"]
     assert len(bases) == 1

@@ -4,16 +4,17 @@ A query's search is a generator that yields requests (:mod:`inference_utils.tool
 and is sent their results; its return value is the search result. :func:`run_searches` keeps
 up to ``concurrency`` of them active and answers their requests:
 
-* ``Generate`` with local role models (:class:`~inference_utils.generation.RoleModels`): in
-  rounds. A round first runs the tool calls of the active queries until each waits on a model
+* ``Generate`` with a batched role backend (local models; :mod:`inference_utils.backends`):
+  in rounds. A round first runs the tool calls of the active queries until each waits on a model
   (or is done), then makes one ``generate(role, prompts)`` call per role for the queries
   waiting on that role, in the order the queries started, so one forward pass serves several
   queries. Each prompt names its query's session, so the models prefill only what is new
   since that query's previous prompt for the role; a query's sessions are released when it
   ends. Which prompts share a call depends only on the searches, never on how fast the
   tools answer, so a run is reproducible.
-* ``Generate`` with role endpoints (:class:`~inference_utils.endpoints.EndpointClient`):
-  concurrently, on the task graph, one lane per role (as the static pipeline runs them).
+* ``Generate`` with a backend that takes one request per call (role endpoints):
+  concurrently, on the task graph, one lane per role of ``backend.concurrency`` calls (as the
+  static pipeline runs them).
 * ``ToolRequest`` with a :class:`~inference_utils.toolclient.ToolClient`, concurrently on the
   task graph (a lane of ``concurrency`` calls); every call has the client's timeout, and a call
   that fails is an error observation for its search, never an exception.
@@ -37,9 +38,8 @@ from collections.abc import Callable, Generator, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from inference_utils.backends import RoleBackend
 from inference_utils.dag import PlanError, PlanRunner, TaskGraph, ToolCall, error_observation
-from inference_utils.endpoints import EndpointClient
-from inference_utils.generation import RoleModels, clean_output
 from inference_utils.toolbench.requests import Generate, ToolPlan, ToolRequest
 from inference_utils.toolclient import ToolClient
 from process_data.protocol import REQUEST_FAILED, ROLES, Observation
@@ -173,7 +173,7 @@ class _Searches:
 
 def run_searches(
     searches: Mapping[Hashable, Search] | Iterable[tuple[Hashable, Search]],
-    llm: RoleModels | Mapping[str, EndpointClient],
+    llm: RoleBackend,
     tools: ToolClient,
     concurrency: int = 8,
     on_done: OnDone | None = None,
@@ -181,7 +181,7 @@ def run_searches(
     plan_timeout: float = PLAN_TIMEOUT,
 ) -> RunStats:
     """Run every search to its end; ``on_done`` is called as each ends (in the calling
-    thread). ``llm`` is local role models, or one endpoint client per role;
+    thread). ``llm`` is the role backend (see the module's docstring for how it is asked);
     ``plan_timeout`` bounds each call of a :class:`ToolPlan` (seconds)."""
     stats = stats if stats is not None else RunStats()
     items = searches.items() if isinstance(searches, Mapping) else searches
@@ -189,10 +189,10 @@ def run_searches(
     start = time.monotonic()
     tool_answers = _ToolAnswers(tools, plan_timeout)
     try:
-        if isinstance(llm, Mapping):
-            _run_on_endpoints(active, llm, tool_answers)
-        else:
+        if llm.batched:
             _run_in_rounds(active, llm, tool_answers)
+        else:
+            _run_on_endpoints(active, llm, tool_answers)
     finally:
         stats.seconds += time.monotonic() - start
         prefill = getattr(llm, "stats", None)
@@ -205,7 +205,7 @@ def run_searches(
 # -- local models: rounds --------------------------------------------------------------------
 
 
-def _run_in_rounds(active: _Searches, models: RoleModels, tools: _ToolAnswers) -> None:
+def _run_in_rounds(active: _Searches, models: RoleBackend, tools: _ToolAnswers) -> None:
     active.release = models.release
     active.fill()
     while active:
@@ -216,11 +216,10 @@ def _run_in_rounds(active: _Searches, models: RoleModels, tools: _ToolAnswers) -
             )
             if not keys:
                 continue
-            prompts = [active.waiting[k].prompt for k in keys]
-            sessions = [active.waiting[k].session for k in keys]
+            requests = [active.waiting[k].model_request() for k in keys]
             active.stats.model_calls += 1
             try:
-                texts = models.generate(role, prompts, sessions)
+                texts = [result.text for result in models.generate(role, requests)]
             except Exception as exc:
                 for key in keys:
                     active.throw(key, exc)
@@ -325,13 +324,11 @@ def _failed_observation(error: BaseException) -> Observation:
     return Observation(f"request failed: {type(error).__name__}: {error}", "", REQUEST_FAILED)
 
 
-# -- endpoints: everything concurrent ------------------------------------------------------------
+# -- one request per call: everything concurrent ---------------------------------------------
 
 
-def _run_on_endpoints(
-    active: _Searches, clients: Mapping[str, EndpointClient], tools: _ToolAnswers
-) -> None:
-    lanes = {role: active.concurrency for role in clients}
+def _run_on_endpoints(active: _Searches, backend: RoleBackend, tools: _ToolAnswers) -> None:
+    lanes = {role: active.concurrency for role in ROLES}
     lanes[TOOLS_LANE] = active.concurrency
     graph = TaskGraph(max_workers=active.concurrency * len(lanes), lanes=lanes, keep_results=False)
     count = itertools.count()
@@ -342,11 +339,8 @@ def _run_on_endpoints(
             task = (key, next(count))
             if isinstance(request, ToolWork):
                 graph.add(task, lambda r=request: tools.answer(r), lane=TOOLS_LANE)
-            elif request.role in clients:
-                client = clients[request.role]
-                graph.add(task, lambda r=request, c=client: _ask(c, r), lane=request.role)
-            elif active.throw(key, KeyError(f"no endpoint for role {request.role!r}")):
-                schedule([key])
+            else:  # a role the backend does not serve fails in its task, like any call
+                graph.add(task, lambda r=request: _ask(backend, r), lane=request.role)
 
     def moved(key: Hashable, waits: bool) -> None:
         schedule(([key] if waits else []) + active.fill())
@@ -374,14 +368,7 @@ def _run_on_endpoints(
     graph.run()
 
 
-def _ask(client: EndpointClient, request: Generate) -> str:
-    """A role's output from its endpoint: the text prompt for the completions API, the chat
-    messages (and tools) for the chat API; cleaned as the static pipeline cleans it."""
-    if client.endpoint.api == "chat":
-        if request.messages is None:
-            raise ValueError(
-                f"the {request.role} endpoint speaks chat: the request has no messages"
-            )
-        tools = list(request.tools) if request.tools else None
-        return clean_output(client.generate(list(request.messages), tools))
-    return clean_output(client.generate(request.prompt))
+def _ask(backend: RoleBackend, request: Generate) -> str:
+    """A role's output for one request (the backend picks the prompt or the messages it
+    speaks, and cleans the output as the static pipeline does)."""
+    return backend.generate(request.role, [request.model_request()])[0].text

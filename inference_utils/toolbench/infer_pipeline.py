@@ -34,15 +34,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from inference_utils.backends import ModelRequest, RoleBackend
 from inference_utils.dag import TaskGraph
-from inference_utils.endpoints import EndpointClient
-from inference_utils.generation import (
-    RoleModels,
-    clean_output,
-)
 from inference_utils.role_flags import (
     add_role_arguments,
-    build_clients,
+    build_endpoints,
     build_models,
     generation_settings,
     prompt_types_of,
@@ -52,6 +48,7 @@ from process_data.jsonio import JsonArrayWriter
 from process_data.protocol import (
     ASSISTANT,
     FOLLOW_UP_ROLES,
+    MULTI_ROLES,
     PLACEHOLDER,
     TOOL_ROLES,
     build_prompt,
@@ -71,19 +68,24 @@ FOLLOW_UP_ROLE = {"caller": "caller", "conclusion": "summarizer"}
 DECISION_OF_ROLE = {role: kind for kind, role in FOLLOW_UP_ROLE.items()}
 
 
+def texts(backend: RoleBackend, role: str, prompts: list[str]) -> list[str]:
+    """A role's outputs for α-UMi text prompts, as one batch."""
+    return [r.text for r in backend.generate(role, [ModelRequest(prompt=p) for p in prompts])]
+
+
 def run_chunk(
-    samples: list[dict], models: RoleModels, prompt_types: dict[str, str], backbone: bool
+    samples: list[dict], models: RoleBackend, prompt_types: dict[str, str], backbone: bool
 ) -> list[dict]:
     """Predictions for a chunk of step samples (the multi-LLM chain, or the backbone)."""
     done = [dict(s) for s in samples]
     if backbone:
-        outputs = models.generate(
-            "backbone", [text_prompt(s, "backbone", prompt_types) for s in done]
+        outputs = texts(
+            models, "backbone", [text_prompt(s, "backbone", prompt_types) for s in done]
         )
         for sample, output in zip(done, outputs, strict=True):
             finish(sample, "backbone", output)
         return done
-    plans = models.generate("planner", [text_prompt(s, "planner", prompt_types) for s in done])
+    plans = texts(models, "planner", [text_prompt(s, "planner", prompt_types) for s in done])
     follow: dict[str, list[int]] = {role: [] for role in FOLLOW_UP_ROLES}
     for k, (sample, output) in enumerate(zip(done, plans, strict=True)):
         role = plan_step(sample, output, prompt_types)
@@ -92,10 +94,10 @@ def run_chunk(
     for role in FOLLOW_UP_ROLES:
         if not follow[role]:
             continue
-        texts = models.generate(
-            role, [text_prompt(done[k], role, prompt_types) for k in follow[role]]
+        outputs = texts(
+            models, role, [text_prompt(done[k], role, prompt_types) for k in follow[role]]
         )
-        for k, text in zip(follow[role], texts, strict=True):
+        for k, text in zip(follow[role], outputs, strict=True):
             finish(done[k], role, text)
     return done
 
@@ -135,33 +137,34 @@ def text_prompt(sample: dict, role: str, prompt_types: dict[str, str]) -> str:
     return sample["model_input" if role == "planner" else f"model_input_for_{role}"]
 
 
-def endpoint_prompt(sample: dict, role: str, api: str, prompt_types: dict[str, str]):
-    """What a role's endpoint is sent: the α-UMi text prompt for the completions API, the
-    chat format's messages (and, for roles that call tools, the tools) for the chat API."""
-    if api == "completions":
-        return text_prompt(sample, role, prompt_types), None
+def model_request(sample: dict, role: str, prompt_types: dict[str, str], chat: bool):
+    """What a role is asked for a step: the α-UMi text prompt, and with ``chat`` the chat
+    format's messages (and, for roles that call tools, the tools) instead."""
+    if not chat:
+        return ModelRequest(prompt=text_prompt(sample, role, prompt_types))
     turns = list(sample["history"])
     if role in FOLLOW_UP_ROLES:
         turns.append({"from": ASSISTANT, "value": sample["planner_prediction"]})
     messages = ChatEncoder("", sample["tools"], turns).prompt(role, len(turns))
     tools = chat_tools(sample["tools"]) if role in TOOL_ROLES else None
-    return messages, tools
+    return ModelRequest(messages=tuple(messages), tools=tuple(tools) if tools else None)
 
 
 def run_endpoints(
     samples: dict[int, dict],
-    clients: dict[str, EndpointClient],
+    backend: RoleBackend,
     prompt_types: dict[str, str],
-    concurrency: int,
+    chat: bool,
+    backbone: bool,
     on_sample,
 ) -> dict[int, BaseException]:
-    """Each sample's chain as a task graph on the role endpoints; ``on_sample(index, sample)``
-    as each finishes. Returns the samples that failed, with their errors."""
+    """Each sample's chain as a task graph on the role backend, one request per call and
+    ``backend.concurrency`` calls per role at once; ``on_sample(index, sample)`` as each
+    finishes. Returns the samples that failed, with their errors."""
+    concurrency = backend.concurrency
 
     def ask(role: str, sample: dict) -> str:
-        client = clients[role]
-        prompt, tools = endpoint_prompt(sample, role, client.endpoint.api, prompt_types)
-        return clean_output(client.generate(prompt, tools))
+        return backend.generate(role, [model_request(sample, role, prompt_types, chat)])[0].text
 
     def done(graph: TaskGraph, key: tuple[int, str], output: str) -> None:
         index, role = key
@@ -176,10 +179,11 @@ def run_endpoints(
         on_sample(index, sample)
 
     failed: dict[int, BaseException] = {}
-    first = "backbone" if "backbone" in clients else "planner"
+    roles = ("backbone",) if backbone else MULTI_ROLES
+    first = roles[0]
     graph = TaskGraph(
-        max_workers=concurrency * len(clients),
-        lanes={role: concurrency for role in clients},
+        max_workers=concurrency * len(roles),
+        lanes={role: concurrency for role in roles},
         on_done=done,
         on_error=lambda graph, key, error: failed.setdefault(key[0], error),
         keep_results=False,
@@ -303,8 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "another --output_dir or remove it"
         )
     config_path.write_text(json.dumps(config, indent=2))
-    clients = build_clients(args)
-    done = completed_chunks(jsonl, 1 if clients else args.chunk_size, len(samples))
+    endpoints = build_endpoints(args)
+    done = completed_chunks(jsonl, 1 if endpoints else args.chunk_size, len(samples))
     settings = generation_settings(args)
     prompt_types = prompt_types_of(args)
     # keep only complete chunks, then append
@@ -324,17 +328,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             lines.update({x["index"]: x for x in new})
             bar.update(len(new))
 
-        if clients:
+        if endpoints:
             todo = {i: dict(s) for i, s in enumerate(samples) if i not in done}
             failed = run_endpoints(
                 todo,
-                clients,
+                endpoints,
                 prompt_types,
-                args.endpoint_concurrency,
+                args.endpoint_api == "chat",
+                bool(args.backbone_endpoint),
                 lambda i, sample: save([compact(i, sample)]),
             )
-            for client in clients.values():
-                client.close()
+            endpoints.close()
             if failed:
                 for i, error in sorted(failed.items())[:5]:
                     print(f"infer_pipeline: step {i} failed: {error}", file=sys.stderr)

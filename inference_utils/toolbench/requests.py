@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from inference_utils.backends import ModelRequest
+
 
 @dataclass(frozen=True)
 class Generate:
@@ -26,6 +28,10 @@ class Generate:
     # (query_id, role): lets a local backend reuse the KV cache of this query's earlier
     # prompt for this role
     session: Hashable = None
+
+    def model_request(self) -> ModelRequest:
+        """The request as the role backend takes it."""
+        return ModelRequest(self.prompt, self.messages, self.tools, session=self.session)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from pathlib import Path
 from inference_utils.endpoints import EndpointError
 from inference_utils.role_flags import (
     add_role_arguments,
-    build_clients,
+    build_endpoints,
     build_models,
     generation_settings,
     prompt_types_of,
@@ -284,9 +284,9 @@ def _run(
 ) -> None:
     from process_data.progress import progress
 
-    clients = build_clients(args, PROG)
-    chat = clients is not None and args.endpoint_api == "chat"
-    llm = clients if clients is not None else build_models(args, generation_settings(args), PROG)
+    endpoints = build_endpoints(args, PROG)
+    chat = endpoints is not None and args.endpoint_api == "chat"
+    llm = endpoints or build_models(args, generation_settings(args), PROG)
     by_key = {q.key: q for q in todo}
     tools = ToolClient(
         args.toolserver,
@@ -333,8 +333,7 @@ def _run(
             )
         finally:
             tools.close()
-            for client in (clients or {}).values():
-                client.close()
+            llm.close()
 
 
 if __name__ == "__main__":

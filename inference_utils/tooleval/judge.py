@@ -8,10 +8,11 @@ A :class:`Rubric` holds the questions (``check_answer_status``, ``parse_answer_s
 reproduced exactly: one user message, the function forced, a ``reason`` argument added when a
 reason is asked for.
 
-A :class:`Judge` asks through OpenAI-compatible endpoints (several keys or servers of a pool
-in turn), by tool calling where the endpoint does it and by strict JSON in text where it does
-not (:meth:`inference_utils.endpoints.EndpointClient.call_function`), or a local model
-(:class:`inference_utils.generation.ChatModel`, JSON in text). Transport faults are
+A :class:`Judge` asks role backends (:mod:`inference_utils.backends`, the role ``judge``):
+OpenAI-compatible endpoints (several keys or servers of a pool in turn), by tool calling where
+the endpoint does it and by strict JSON in text where it does not
+(:meth:`inference_utils.endpoints.EndpointClient.call_function`), or a local model through its
+chat template (JSON in text). Transport faults are
 retried by the endpoint client (429, 5xx and timeouts, with backoff and jitter). A verdict that
 is not what the function asks for is asked again once, then recorded as ``Unsure`` with the
 reason. Every verdict is stored in a :class:`VerdictCache` (SQLite, WAL) under the judge's
@@ -30,10 +31,10 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import yaml
 
+from inference_utils.backends import ModelRequest, RoleBackend
 from inference_utils.sqlite_store import SQLiteStore
 
 DEFAULT_RUBRIC = Path(__file__).with_name("judge_prompts.yaml")
@@ -192,10 +193,8 @@ def problem(function: dict, verdict: dict) -> str | None:
     return None
 
 
-class FunctionCaller(Protocol):
-    """A model that answers a forced function call: an endpoint client or a local model."""
-
-    def call_function(self, messages: Sequence[dict], function: dict) -> dict: ...
+#: The role a judge's backends serve.
+JUDGE = "judge"
 
 
 class Judge:
@@ -204,7 +203,7 @@ class Judge:
     def __init__(
         self,
         rubric: Rubric,
-        clients: Sequence[FunctionCaller],
+        clients: Sequence[RoleBackend],
         model: str,
         cache: VerdictCache | None = None,
         tries: int = 2,
@@ -232,7 +231,8 @@ class Judge:
                 client = next(self._clients)
                 self.calls += 1
             try:
-                verdict = client.call_function(messages, function)
+                request = ModelRequest(messages=tuple(messages), function=function)
+                verdict = client.generate(JUDGE, [request])[0].arguments()
             except ValueError as exc:  # not JSON: ask again
                 why = f"unparseable verdict: {exc}"
                 continue

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from inference_utils.endpoints import Endpoint, EndpointClient, EndpointError
-from inference_utils.tooleval.judge import Judge, Rubric, VerdictCache
+from inference_utils.endpoints import Endpoint, EndpointBackend, EndpointClient, EndpointError
+from inference_utils.tooleval.judge import JUDGE, Judge, Rubric, VerdictCache
 from process_data.progress import progress
 
 
@@ -85,10 +85,10 @@ def build_judge(args: argparse.Namespace, default_cache: Path) -> Judge:
     settings = rubric.settings
     cache = VerdictCache(args.verdict_cache or default_cache)
     if kind == "local" and model:
-        from inference_utils.generation import ChatModel, GenerationSettings
+        from inference_utils.generation import GenerationSettings, HFModels
 
-        local = ChatModel(
-            model, GenerationSettings(max_new_tokens=int(settings.get("max_tokens", 512)))
+        local = HFModels(
+            {JUDGE: model}, GenerationSettings(max_new_tokens=int(settings.get("max_tokens", 512)))
         )
         return Judge(rubric, [local], f"local:{model}", cache)
     if kind != "openai":
@@ -110,7 +110,8 @@ def build_judge(args: argparse.Namespace, default_cache: Path) -> Judge:
         )
         for base, key in pool
     ]
-    return Judge(rubric, clients, model or clients[0].model, cache)
+    backends = [EndpointBackend({JUDGE: client}) for client in clients]
+    return Judge(rubric, backends, model or clients[0].model, cache)
 
 
 def judge_all(fn: Callable[..., Any], jobs: Sequence[tuple], threads: int, desc: str) -> list:

@@ -20,12 +20,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from inference_utils.endpoints import Endpoint, EndpointClient
+from inference_utils.endpoints import Endpoint, EndpointBackend, EndpointClient
 
 from .app import MAX_BODY_BYTES, create_app
 from .cache import AnswerCache, export_stb_cache, import_stb_cache
 from .service import ToolService
-from .simulate import DEFAULT_PROMPT, LlmSimulator, SimulatorPrompt
+from .simulate import DEFAULT_PROMPT, SIMULATOR, LlmSimulator, SimulatorPrompt
 from .tools import ToolSourceError, load_registry
 from .upstream import Upstream
 
@@ -150,7 +150,8 @@ def build_service(args: argparse.Namespace) -> ToolService:
             endpoint, max_new_tokens=args.simulator_max_tokens, temperature=0.0,
             timeout=args.simulator_timeout, max_retries=2,
         )  # fmt: skip
-        simulator = LlmSimulator(client, SimulatorPrompt.load(args.simulator_prompt))
+        backend = EndpointBackend({SIMULATOR: client})
+        simulator = LlmSimulator(backend, SimulatorPrompt.load(args.simulator_prompt))
     return ToolService(registry, cache, upstream, simulator, offline=not args.no_offline)
 
 

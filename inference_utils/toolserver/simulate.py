@@ -28,7 +28,8 @@ from typing import Any
 
 import yaml
 
-from inference_utils.endpoints import EndpointClient, EndpointError
+from inference_utils.backends import ModelRequest, RoleBackend
+from inference_utils.endpoints import EndpointError
 from process_data.protocol import json_object
 
 from .tools import ApiSpec
@@ -113,18 +114,24 @@ def parse_simulated(text: str) -> dict:
     return {"error": "", "response": value}
 
 
-class LlmSimulator:
-    """Simulated answers from an OpenAI-compatible chat endpoint."""
+#: The role a simulator's backend serves.
+SIMULATOR = "simulator"
 
-    def __init__(self, client: EndpointClient, prompt: SimulatorPrompt, tries: int = TRIES):
-        self.client, self.prompt, self.tries = client, prompt, tries
+
+class LlmSimulator:
+    """Simulated answers from a model (a role backend serving ``simulator``: an
+    OpenAI-compatible chat endpoint, in JSON mode where it takes it)."""
+
+    def __init__(self, backend: RoleBackend, prompt: SimulatorPrompt, tries: int = TRIES):
+        self.backend, self.prompt, self.tries = backend, prompt, tries
 
     def answer(self, spec: ApiSpec, arguments: dict, examples: Sequence[tuple[dict, dict]]) -> dict:
         messages = self.prompt.messages(spec, arguments, examples)
         problem = "no try"
         for _ in range(self.tries):
             try:
-                text = self.client.chat(messages, response_format={"type": "json_object"})
+                request = ModelRequest(messages=tuple(messages), json_mode=True)
+                text = self.backend.generate(SIMULATOR, [request])[0].text
             except EndpointError as exc:
                 raise SimulationError(f"simulator endpoint failed: {exc}") from exc
             try:

@@ -1,0 +1,91 @@
+"""One interface for every model call: a role backend.
+
+``backend.generate(role, requests)`` answers a batch of :class:`ModelRequest` for one role, in
+order, with :class:`ModelResult` s; ``backend.stream(role, request)`` yields the text of one
+request as it is produced. The static pipeline, the real-time agent, the judges and the tool
+server's simulator all call models this way, whatever serves them:
+
+* local checkpoints, or one base with a LoRA adapter per role
+  (:class:`inference_utils.generation.HFModels`, :class:`~inference_utils.generation.LoRAModels`):
+  a batch is one forward pass over many prompts, with KV caches kept per session;
+* OpenAI-compatible endpoints, one per role
+  (:class:`inference_utils.endpoints.EndpointBackend`): each request is one
+  HTTP request, and a batch's requests are sent one after another (a driver sends many
+  batches of one at once instead, see ``batched``).
+
+A request carries what its caller has: the α-UMi text ``prompt`` (the training input) and/or
+chat ``messages`` (with ``tools``). The backend uses the form it speaks: a local role model or
+a completions endpoint the prompt, a chat endpoint the messages (a local model given only
+messages applies its chat template). ``function`` forces a call of that function and the
+result's :meth:`ModelResult.arguments` reads its arguments; ``json_mode`` asks for a JSON
+object in text. Role outputs (neither) are post-processed as α-UMi does
+(:func:`~process_data.protocol.clean_output`).
+
+Drivers read two properties, never a backend's type: ``batched`` (True: give one call every
+request of a role that is waiting, as a batch; False: one request per call, many calls at once)
+and ``concurrency`` (calls at once per role).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from process_data.protocol import json_object
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """One model call. ``session`` (a query's, say) lets a local backend reuse the KV cache
+    of that session's previous prompt for the same role."""
+
+    prompt: str | None = None
+    messages: tuple[dict, ...] | None = None
+    tools: tuple[dict, ...] | None = None
+    function: dict | None = None
+    json_mode: bool = False
+    session: Hashable = None
+
+    def __post_init__(self) -> None:
+        if self.prompt is None and self.messages is None:
+            raise ValueError("a model request needs a prompt or messages")
+
+    @property
+    def raw(self) -> bool:
+        """Whether the output is kept as the model wrote it (a function's arguments, a JSON
+        object), rather than post-processed as a role's output."""
+        return self.function is not None or self.json_mode
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """What a model answered: its text, the tool calls it made (``{"name", "arguments"}``,
+    arguments as text), and token counts where the backend knows them."""
+
+    text: str
+    tool_calls: tuple[dict, ...] = ()
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    def arguments(self) -> dict:
+        """The arguments of the forced function: its tool call's, else a JSON object in the
+        text. Raises ValueError when there is none."""
+        if self.tool_calls:
+            return json_object(self.tool_calls[0]["arguments"])
+        return json_object(self.text)
+
+
+class RoleBackend(Protocol):
+    """What serves the roles (see the module's docstring)."""
+
+    batched: bool
+    concurrency: int
+
+    def generate(self, role: str, requests: Sequence[ModelRequest]) -> list[ModelResult]: ...
+
+    def stream(self, role: str, request: ModelRequest) -> Iterator[str]: ...
+
+    def release(self, sessions: Iterable[Hashable]) -> None: ...
+
+    def close(self) -> None: ...
