@@ -270,27 +270,28 @@ class EndpointClient:
         where = f"POST {self.endpoint.url.rstrip('/')}{path} (streamed)"
         body = {**body, "stream": True}
         for attempt in range(self.max_retries + 1):
-            started, read = False, 0
+            started = False
             try:
                 with self._http.stream("POST", path, json=body) as response:
                     if response.status_code >= 400:
-                        text = response.read()[:500].decode("utf-8", "replace")
+                        text = _first_bytes(response, 500).decode("utf-8", "replace")
                         problem = f"HTTP {response.status_code}: {text}"
                         if response.status_code not in _RETRY_STATUS:
                             raise EndpointError(f"{where}: {problem}")
                     else:
-                        for line in response.iter_lines():
-                            read += len(line)
-                            if read > self.max_answer_bytes:
-                                raise EndpointError(
-                                    f"{where}: the answer exceeds {self.max_answer_bytes:,} bytes"
-                                )
-                            data = line.removeprefix("data:").strip()
-                            if not line.startswith("data:") or not data:
+                        for line in _lines(response, self.max_answer_bytes, where):
+                            data = line.removeprefix(b"data:").strip()
+                            if not line.startswith(b"data:") or not data:
                                 continue
-                            if data == "[DONE]":
+                            if data == b"[DONE]":
                                 return
-                            choices = json.loads(data).get("choices") or []
+                            try:
+                                choices = json.loads(data).get("choices") or []
+                            except (ValueError, AttributeError):
+                                raise EndpointError(
+                                    f"{where}: a streamed chunk is not a JSON object: "
+                                    f"{data[:200]!r}"
+                                ) from None
                             if choices:
                                 started = True
                                 yield choices[0]
@@ -365,6 +366,31 @@ class _ToolsRejected(Exception):
 
 
 _TOOL_WORDS = re.compile(r"\btools?\b|tool_choice|function", re.I)
+
+
+def _first_bytes(response: httpx.Response, limit: int) -> bytes:
+    """At most ``limit`` bytes of a streamed body (an error's text)."""
+    head = b""
+    for chunk in response.iter_bytes():
+        head += chunk
+        if len(head) >= limit:
+            break
+    return head[:limit]
+
+
+def _lines(response: httpx.Response, cap: int, where: str) -> Iterator[bytes]:
+    """The lines of a streamed body, reading at most ``cap`` bytes in all (a server that
+    never ends a line, or never ends, is cut off there)."""
+    buffer, read = b"", 0
+    for chunk in response.iter_bytes():
+        read += len(chunk)
+        if read > cap:
+            raise EndpointError(f"{where}: the answer exceeds {cap:,} bytes; reading stopped there")
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        yield from (line.rstrip(b"\r") for line in lines)
+    if buffer:
+        yield buffer.rstrip(b"\r")
 
 
 def _retry_after(response: httpx.Response) -> float:

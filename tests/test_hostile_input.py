@@ -156,6 +156,8 @@ def test_answers_beyond_the_cap_are_refused_not_read(flood: str) -> None:
     with EndpointClient(Endpoint(flood, "m"), max_answer_bytes=cap, max_retries=0) as client:
         with pytest.raises(EndpointError, match="1,048,576"):
             client.complete("hello")
+        with pytest.raises(EndpointError, match="1,048,576"):
+            list(client.stream_complete("hello"))
     with ToolClient(f"{flood}/virtual", max_answer_bytes=cap, max_retries=0) as tools:
         seen = tools.call("Data", "t", "a", "{}")
     assert seen.status == REQUEST_FAILED and "1,048,576" in seen.error

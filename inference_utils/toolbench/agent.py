@@ -13,7 +13,7 @@ up to ``concurrency`` of them active and answers their requests:
   ends. Which prompts share a call depends only on the searches, never on how fast the
   tools answer, so a run is reproducible.
 * ``Generate`` with a backend that takes one request per call (role endpoints):
-  concurrently, on the task graph, one lane per role of ``backend.concurrency`` calls (as the
+  concurrently, on the task graph, one lane per role of ``concurrency`` calls (as the
   static pipeline runs them).
 * ``ToolRequest`` with a :class:`~inference_utils.toolclient.ToolClient`, concurrently on the
   task graph (a lane of ``concurrency`` calls); every call has the client's timeout, and a call
