@@ -3,9 +3,12 @@ judges' verdicts), in WAL mode with ``synchronous=NORMAL``, so a commit is in th
 log when it returns and a SIGKILL loses nothing already stored. Several processes may share
 the file; SQLite serializes their writes and waits up to ``timeout`` seconds for a lock.
 
-Two connections, each shared by threads and serialized by its own lock: writes go through
-``_db``, lookups may use ``_reader``. In WAL mode a reader never waits for a writer, so while
-a write here waits for another process's lock, lookups still answer."""
+Two connections, each shared by threads and serialized by its own lock: writes (and lookups
+that may wait) go through ``_db``; ``_reader`` is for lookups that must never wait, and
+raises ``sqlite3.OperationalError`` at once instead of waiting for a lock. In WAL mode a
+reader does not wait for a writer, so while a write here waits for another process's lock,
+lookups through ``_reader`` still answer; only a rare checkpoint or recovery makes one
+busy."""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ class SQLiteStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(schema)
         self._reader = sqlite3.connect(
-            self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+            self.path, timeout=0, isolation_level=None, check_same_thread=False
         )
         self._read_lock = threading.Lock()
 

@@ -58,17 +58,20 @@ class Entry:
 
 
 class AnswerCache(SQLiteStore):
-    """Thread-safe access to the cache database: writes through one connection, lookups
-    through another, so a write that waits for another process's lock delays no lookup. Each
-    call blocks: the server runs them in worker threads, off its event loop."""
+    """Thread-safe access to the cache database. ``get`` never waits for a lock (it raises
+    ``sqlite3.OperationalError`` where it would), so the server may call it on its event loop,
+    and calls ``get(..., wait=True)`` off the loop when it raises; every other call may wait
+    for another process's lock, and the server runs them in worker threads."""
 
     def __init__(self, path: str | Path, timeout: float = 30.0):
         super().__init__(path, SCHEMA, timeout)
 
-    def get(self, key: ApiKey, arguments: str) -> dict | None:
-        """The cached answer to ``arguments`` (a :func:`canonical` string), or None."""
-        with self._read_lock:
-            row = self._reader.execute(
+    def get(self, key: ApiKey, arguments: str, wait: bool = False) -> dict | None:
+        """The cached answer to ``arguments`` (a :func:`canonical` string), or None. Without
+        ``wait`` it raises ``sqlite3.OperationalError`` rather than wait for a lock."""
+        db, lock = (self._db, self._lock) if wait else (self._reader, self._read_lock)
+        with lock:
+            row = db.execute(
                 "SELECT answer FROM answers WHERE category=? AND tool=? AND api=? AND arguments=?",
                 (key.category, key.tool, key.api, arguments),
             ).fetchone()
@@ -114,8 +117,8 @@ class AnswerCache(SQLiteStore):
 
     def examples(self, key: ApiKey, limit: int = 5) -> list[tuple[dict, dict]]:
         """Up to ``limit`` cached ``(arguments, answer)`` pairs of one API, oldest first."""
-        with self._read_lock:
-            rows = self._reader.execute(
+        with self._lock:
+            rows = self._db.execute(
                 "SELECT original, answer FROM answers WHERE category=? AND tool=? AND api=? "
                 "ORDER BY rowid LIMIT ?",
                 (key.category, key.tool, key.api, limit),
@@ -124,8 +127,8 @@ class AnswerCache(SQLiteStore):
 
     def counts(self) -> dict[str, int]:
         """Entries per source."""
-        with self._read_lock:
-            rows = self._reader.execute("SELECT source, COUNT(*) FROM answers GROUP BY source")
+        with self._lock:
+            rows = self._db.execute("SELECT source, COUNT(*) FROM answers GROUP BY source")
             return dict(rows.fetchall())
 
     def keys(self) -> list[ApiKey]:

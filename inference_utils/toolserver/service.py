@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,8 +96,10 @@ class ToolService:
         found = self.registry.resolve(body["category"], body["tool_name"], body["api_name"])
         key = found if isinstance(found, ApiKey) else _guess_key(body)
         args = canonical(arguments)
-        # SQLite blocks (a write waits for another process's lock): never on the event loop
-        cached = await asyncio.to_thread(self.cache.get, key, args)
+        try:  # on the loop: a WAL read does not wait for writers, and this one never waits
+            cached = self.cache.get(key, args)
+        except sqlite3.OperationalError:  # busy (a checkpoint elsewhere): wait off the loop
+            cached = await asyncio.to_thread(self.cache.get, key, args, True)
         if cached is not None:
             self.stats.hits += 1
             self.stats.sources["cache"] += 1
