@@ -467,8 +467,10 @@ class _LocalBackend:
         return results
 
     def stream(self, role: str, request: ModelRequest) -> Iterator[str]:
-        """The text of one request as it is decoded (greedy or as the settings sample), from
-        a generation that runs in a thread of its own while the caller reads."""
+        """The text of one request as it is decoded (greedy, or as the settings sample), from
+        a generation that runs in a thread of its own while the caller reads. The backend
+        serves nothing else until the stream ends or is closed; an error of the generation is
+        raised here, after the text produced before it."""
         from transformers import TextIteratorStreamer
 
         with self._lock:
@@ -479,15 +481,20 @@ class _LocalBackend:
             decoding = _decoding(self.settings, tokenizer, _pad_id(tokenizer))
             if self.settings.do_sample:
                 torch.manual_seed(self.settings.seed)
+            failure: list[BaseException] = []
 
             def run() -> None:
-                with torch.no_grad():
-                    model.generate(
-                        input_ids=torch.tensor([ids], device=device),
-                        attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=device),
-                        streamer=streamer,
-                        **decoding,
-                    )
+                try:
+                    with torch.no_grad():
+                        model.generate(
+                            input_ids=torch.tensor([ids], device=device),
+                            attention_mask=torch.ones((1, len(ids)), dtype=torch.long).to(device),
+                            streamer=streamer,
+                            **decoding,
+                        )
+                except BaseException as exc:  # noqa: BLE001 (raised in the reader's thread)
+                    failure.append(exc)
+                    streamer.end()  # else the reader would wait for text forever
 
             worker = threading.Thread(target=run, name="local-stream", daemon=True)
             worker.start()
@@ -495,6 +502,8 @@ class _LocalBackend:
                 yield from streamer
             finally:
                 worker.join()
+            if failure:
+                raise failure[0]
 
     def _prompt_ids(self, tokenizer: Any, request: ModelRequest) -> list[int]:
         """A request's prompt tokens: the α-UMi text prompt as in training, else the chat

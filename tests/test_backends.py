@@ -5,6 +5,7 @@ and no driver names a backend class."""
 from __future__ import annotations
 
 import ast
+import time
 
 import pytest
 from conftest import REPO, TINY_LLAMA
@@ -39,6 +40,17 @@ def test_a_local_stream_yields_what_generate_returns(local: HFModels) -> None:
         pieces = list(local.stream("planner", ModelRequest(prompt=prompt)))
         expected = local.generate("planner", [ModelRequest(prompt=prompt)])[0].text
         assert clean_output("".join(pieces)) == expected
+
+
+def test_a_local_stream_that_fails_raises_instead_of_waiting() -> None:
+    """A generation that raises in its thread ends the stream with that error (before, a
+    streamer left without its end would keep its reader waiting for ever)."""
+    broken = HFModels({"planner": TINY_LLAMA}, GenerationSettings(max_new_tokens=-1))
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        list(broken.stream("planner", ModelRequest(prompt=PROMPTS[0])))
+    assert time.monotonic() - start < 60
+    assert broken.generate("planner", []) == []  # the backend is free again
 
 
 def test_a_request_needs_a_prompt_or_messages() -> None:
