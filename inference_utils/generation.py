@@ -214,20 +214,6 @@ def generate_batched(
         ).input_ids
         for p in prompts
     ]
-    return generate_from_ids(model, tokenizer, ids, settings, sessions, kept, stats)
-
-
-def generate_from_ids(
-    model: Any,
-    tokenizer: Any,
-    ids: Sequence[list[int]],
-    settings: GenerationSettings,
-    sessions: Sequence[Hashable | None] | None = None,
-    kept: SessionCaches | None = None,
-    stats: PrefillStats | None = None,
-) -> list[str]:
-    """The texts generated after each prompt (token ids), in input order, post-processed as
-    α-UMi's outputs are."""
     new = generate_ids(model, tokenizer, ids, settings, sessions, kept, stats)
     return [clean_output(tokenizer.decode(x, skip_special_tokens=True)) for x in new]
 
