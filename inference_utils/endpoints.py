@@ -381,16 +381,20 @@ def _first_bytes(response: httpx.Response, limit: int) -> bytes:
 def _lines(response: httpx.Response, cap: int, where: str) -> Iterator[bytes]:
     """The lines of a streamed body, reading at most ``cap`` bytes in all (a server that
     never ends a line, or never ends, is cut off there)."""
-    buffer, read = b"", 0
+    buffer, read = bytearray(), 0
     for chunk in response.iter_bytes():
         read += len(chunk)
         if read > cap:
             raise EndpointError(f"{where}: the answer exceeds {cap:,} bytes; reading stopped there")
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
+        if b"\n" not in chunk:  # only the new bytes are searched: linear in the body
+            buffer += chunk
+            continue
+        first, *lines, rest = chunk.split(b"\n")
+        yield bytes(buffer + first).rstrip(b"\r")
         yield from (line.rstrip(b"\r") for line in lines)
+        buffer = bytearray(rest)
     if buffer:
-        yield buffer.rstrip(b"\r")
+        yield bytes(buffer).rstrip(b"\r")
 
 
 def _retry_after(response: httpx.Response) -> float:
