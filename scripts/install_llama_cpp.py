@@ -44,7 +44,8 @@ PORTABLE = {
     "x86_64": "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
     "-DLLAVA_BUILD=OFF",
 }.get(platform.machine(), "-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF")
-MARKER = ".umikit-build"  # in the installed package: the cache key of the build
+#: In the environment's folder: the cache key of the llama-cpp-python installed there.
+MARKER = Path(sys.prefix) / ".umikit-llama-cpp-build"
 CHECK_TIMEOUT = 180  # seconds for loading the model and one token
 
 CHECK = """
@@ -87,7 +88,7 @@ def built_wheel(version: str, flags: str, cache: Path) -> Path:
     if wheels:
         return wheels[0]
     say(f"building llama-cpp-python {version} with CMAKE_ARGS={flags!r}")
-    say("(compiles llama.cpp once, about 5 min on 2 cores; then kept in " + str(folder) + ")")
+    say(f"(compiles llama.cpp once, about 3 min on 2 cores; then kept in {folder})")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".building-"))
     env = {**os.environ, "CMAKE_ARGS": flags, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count())}
@@ -104,19 +105,17 @@ def built_wheel(version: str, flags: str, cache: Path) -> Path:
 
 
 def installed_key() -> str | None:
-    spec = importlib.util.find_spec("llama_cpp")
-    if spec is None or spec.origin is None:
+    """The cache key of the build installed here (None: none, or not one of ours)."""
+    if importlib.util.find_spec("llama_cpp") is None or not MARKER.is_file():
         return None
-    marker = Path(spec.origin).parent / MARKER
-    return marker.read_text(encoding="utf-8").strip() if marker.is_file() else None
+    return MARKER.read_text(encoding="utf-8").strip()
 
 
 def install(wheel: Path, extras: str, key: str) -> None:
+    MARKER.unlink(missing_ok=True)
     pip("uninstall", "-y", "llama-cpp-python")
     pip("install", "--no-warn-conflicts", f"{wheel}{extras}")
-    spec = importlib.util.find_spec("llama_cpp")
-    assert spec is not None and spec.origin is not None, "llama_cpp did not install"
-    (Path(spec.origin).parent / MARKER).write_text(key + "\n", encoding="utf-8")
+    MARKER.write_text(key + "\n", encoding="utf-8")
 
 
 def default_gguf() -> Path:
@@ -158,7 +157,7 @@ def main() -> int:
             say("rebuilding llama-cpp-python once, portably, without any cached wheel")
             shutil.rmtree(cache / "llama-cpp-python" / f"{version}-{key}", ignore_errors=True)
             flags = PORTABLE
-            pip("uninstall", "-y", "llama-cpp-python")
+            MARKER.unlink(missing_ok=True)
     say(
         "llama.cpp still fails after a portable rebuild, so the endpoint tests cannot run on "
         "this machine; set UMI_LLAMA_CMAKE_ARGS to flags this CPU runs (the README says how)"
