@@ -128,6 +128,23 @@ class _Workers:
                 self.threads -= 1
                 self.jobs.put(None)
 
+    def drop_queued(self) -> list[Hashable]:
+        """Take back the tasks handed over that no thread has started; their keys."""
+        dropped, sentinels = [], 0
+        try:
+            while True:
+                job = self.jobs.get_nowait()
+                if job is None:
+                    sentinels += 1
+                else:
+                    dropped.append(job[0])
+        except Empty:
+            pass
+        for _ in range(sentinels):
+            self.jobs.put(None)
+        self.unreturned -= len(dropped)
+        return dropped
+
     def abandon(self) -> None:
         """A task timed out: its thread stays with it; another takes its place."""
         self.stuck += 1
@@ -206,6 +223,7 @@ class TaskGraph:
         self._doomed: deque[tuple[Hashable, Hashable]] = deque()  # (task, failed dependency)
         self._readers: dict[Hashable, int] = {}  # kept outcome → dependents yet to take it
         self._closed = not streaming
+        self.cancelled = False
         self._events: SimpleQueue | None = None  # the running scheduler's, to wake it
         self._scheduler: int | None = None  # the running scheduler's thread id
 
@@ -223,6 +241,8 @@ class TaskGraph:
             raise ValueError(f"task {key!r}: timeout must be positive, not {timeout!r}")
         task = Task(key, fn, tuple(deps), lane, timeout)
         with self._lock:
+            if self.cancelled:
+                return
             if key in self._tasks or key in self.outcome.results or key in self.outcome.errors:
                 raise ValueError(f"task {key!r} was already added")
             if not self.keep_results and task.deps:
@@ -261,6 +281,24 @@ class TaskGraph:
         """No more tasks will come from other threads: :meth:`run` returns once all are done."""
         with self._lock:
             self._closed = True
+            events = self._events
+        if events is not None:
+            events.put(_WAKE)
+
+    def cancel(self) -> None:
+        """Start no more tasks: those not yet started are dropped (they get neither a result
+        nor an error, and no callback), and :meth:`run` returns once the running ones have
+        finished. Tasks added afterwards are dropped too."""
+        with self._lock:
+            self.cancelled = self._closed = True
+            for key in [k for queue in self._ready.values() for _, k in queue]:
+                self._tasks.pop(key, None)
+            for key in [*self._missing, *(task for task, _ in self._doomed)]:
+                self._tasks.pop(key, None)
+            self._ready.clear()
+            self._missing.clear()
+            self._dependents.clear()
+            self._doomed.clear()
             events = self._events
         if events is not None:
             events.put(_WAKE)
@@ -405,6 +443,11 @@ class TaskGraph:
                     event = events.get()
                 if deadlines:
                     self._expire(running, busy, workers, deadlines, ties)
+                if self.cancelled:  # tasks handed over but not started are dropped too
+                    for key in workers.drop_queued():
+                        busy[running.pop(key).lane] -= 1
+                        with self._lock:
+                            self._tasks.pop(key, None)
         finally:
             with self._lock:
                 self._events = self._scheduler = None

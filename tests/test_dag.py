@@ -300,3 +300,31 @@ def test_a_long_lived_graph_forgets_finished_work() -> None:
     assert not graph._tasks and not graph._readers and not graph._missing
     with pytest.raises(ValueError, match="forgets finished tasks"):
         graph.add("late", lambda x: x, deps=[("x", 0)])
+
+
+def test_cancel_starts_nothing_more_and_lets_the_running_finish() -> None:
+    """A failure that cancels the graph (as the judges do when a judge fails for good): the
+    tasks running then finish, none not yet started runs, and run() returns."""
+    ran: list[int] = []
+    lock = threading.Lock()
+
+    def work(k: int) -> int:
+        if k == 3:
+            raise OSError("the judge is gone")
+        time.sleep(0.01)
+        with lock:
+            ran.append(k)
+        return k
+
+    errors: list = []
+    graph = TaskGraph(max_workers=2, keep_results=False)
+    graph.on_error = lambda g, key, error: (errors.append(key), g.cancel())
+    for k in range(200):
+        graph.add(k, lambda k=k: work(k))
+    start = time.monotonic()
+    graph.run()
+    assert errors == [3] and graph.cancelled
+    assert len(ran) < 20, "tasks kept starting after the cancel"
+    assert time.monotonic() - start < 30
+    graph.add("late", lambda: ran.append(-1))  # dropped: the graph is cancelled
+    assert -1 not in ran

@@ -14,10 +14,10 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from inference_utils.dag import TaskGraph
 from inference_utils.endpoints import Endpoint, EndpointBackend, EndpointClient, EndpointError
 from inference_utils.tooleval.judge import JUDGE, Judge, Rubric, VerdictCache
 from process_data.progress import progress
@@ -115,20 +115,30 @@ def build_judge(args: argparse.Namespace, default_cache: Path) -> Judge:
 
 
 def judge_all(fn: Callable[..., Any], jobs: Sequence[tuple], threads: int, desc: str) -> list:
-    """``fn(*job)`` for every job on ``threads`` threads, results in job order, with a progress
-    bar. A judge that fails for good (an ``EndpointError``) stops the rest: the verdicts
-    received so far are cached, so the same command resumes from them."""
-    pool = ThreadPoolExecutor(max(1, threads))
-    try:
-        futures = [pool.submit(fn, *job) for job in jobs]
-        results = []
-        with progress(len(futures), "judgment", desc) as bar:
-            for future in futures:
-                results.append(future.result())
-                bar.update()
-        return results
-    finally:
-        pool.shutdown(cancel_futures=True)
+    """``fn(*job)`` for every job on the task graph, ``threads`` at once, results in job
+    order, with a progress bar. A job that raises (a judge that fails for good, an
+    ``EndpointError``) stops the rest, and its error is raised once the running ones have
+    finished: the verdicts received so far are cached, so the same command resumes."""
+    results: list = [None] * len(jobs)
+    errors: list[BaseException] = []
+
+    def failed(graph: TaskGraph, _key: int, error: BaseException) -> None:
+        errors.append(error)
+        graph.cancel()
+
+    with progress(len(jobs), "judgment", desc) as bar:
+
+        def done(_graph: TaskGraph, key: int, value: Any) -> None:
+            results[key] = value
+            bar.update()
+
+        graph = TaskGraph(max(1, threads), on_done=done, on_error=failed, keep_results=False)
+        for k, job in enumerate(jobs):
+            graph.add(k, lambda job=job: fn(*job))
+        graph.run()
+    if errors:
+        raise errors[0]
+    return results
 
 
 def judge_failed(prog: str, test_set: str, error: EndpointError) -> int:
