@@ -80,6 +80,8 @@ class Task:
     deps: tuple[Hashable, ...] = ()
     lane: str | None = None
     timeout: float | None = None  # seconds from when a worker starts the task
+    on_done: Callable[[Any], None] | None = None  # instead of the graph's, for this task
+    on_error: Callable[[BaseException], None] | None = None
 
 
 @dataclass
@@ -234,12 +236,17 @@ class TaskGraph:
         deps: Iterable[Hashable] = (),
         lane: str | None = None,
         timeout: float | None = None,
+        on_done: Callable[[Any], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         """Add a task: before :meth:`run`, from ``on_done`` / ``on_error`` while it runs, or
-        from any thread while a streaming graph runs. ``timeout``: seconds the task may run."""
+        from any thread while a streaming graph runs. ``timeout``: seconds the task may run.
+        ``on_done(result)`` / ``on_error(error)``, when given, are called for this task (in
+        the scheduling thread) instead of the graph's callbacks: a driver adds each piece of
+        work with what follows it."""
         if timeout is not None and not timeout > 0:
             raise ValueError(f"task {key!r}: timeout must be positive, not {timeout!r}")
-        task = Task(key, fn, tuple(deps), lane, timeout)
+        task = Task(key, fn, tuple(deps), lane, timeout, on_done, on_error)
         with self._lock:
             if self.cancelled:
                 return
@@ -469,7 +476,9 @@ class TaskGraph:
         busy[task.lane] -= 1
         if ok:
             self._finished(key, None, value)
-            if self.on_done is not None:
+            if task.on_done is not None:
+                task.on_done(value)
+            elif self.on_done is not None:
                 self.on_done(self, key, value)
         else:
             self._fail(key, value)
@@ -501,8 +510,11 @@ class TaskGraph:
             self._fail(key, TaskTimeout(key, task.timeout))
 
     def _fail(self, key: Hashable, error: BaseException) -> None:
+        task = self._tasks.get(key)
         self._finished(key, error)
-        if self.on_error is not None:
+        if task is not None and task.on_error is not None:
+            task.on_error(error)
+        elif self.on_error is not None:
             self.on_error(self, key, error)
 
 
@@ -760,38 +772,91 @@ class PlanRunner:
         """A plan that runs while it arrives: :meth:`PlanStream.submit` each call."""
         return PlanStream(self)
 
-    def _add(self, graph: TaskGraph, call: ToolCall, refs: Iterable[int]) -> None:
-        deps = tuple(refs)
+    def schedule(
+        self,
+        graph: TaskGraph,
+        plan: Iterable[ToolCall | Mapping[str, Any]],
+        key: Hashable,
+        lane: str | None,
+        on_complete: Callable[[dict[int, Observation]], None],
+    ) -> None:
+        """Validate the whole plan (:class:`PlanError`, and nothing is added), then add its
+        calls to ``graph`` as tasks ``(key, id)`` on ``lane``, so that they count against the
+        lane's cap like any other call there; ``on_complete`` gets each call's observation
+        by id, in plan order, once the last has one."""
+        checked = _checked(plan, self.tools)
+        calls = [call for call, _ in checked]
+        observations: dict[int, Observation] = {}
+
+        def record(call: ToolCall, value: Any = None, error: BaseException | None = None) -> None:
+            observations[call.id] = (
+                value if error is None else _error_observation(call, error, observations)
+            )
+            if len(observations) == len(calls):
+                on_complete({c.id: observations[c.id] for c in calls})
+
+        for call, refs in checked:
+            self._add(
+                graph,
+                call,
+                refs,
+                key=(key, call.id),
+                deps=tuple((key, r) for r in refs),
+                lane=lane,
+                on_done=lambda value, call=call: record(call, value),
+                on_error=lambda error, call=call: record(call, error=error),
+            )
+
+    def _add(
+        self,
+        graph: TaskGraph,
+        call: ToolCall,
+        refs: Iterable[int],
+        key: Hashable = None,
+        deps: tuple[Hashable, ...] | None = None,
+        **task: Any,
+    ) -> None:
+        """Add ``call`` as a task (key ``call.id`` and its references as the dependencies,
+        unless ``key`` and ``deps`` are given), run with its references replaced."""
+        refs = tuple(refs)
         tool = self.tools[call.tool]
 
         def run(*results: Observation) -> Observation:
             arguments = call.arguments
-            if deps:
-                arguments = substitute(arguments, dict(zip(deps, results, strict=True)))
+            if refs:
+                arguments = substitute(arguments, dict(zip(refs, results, strict=True)))
             return _as_observation(call, tool(arguments))
 
-        graph.add(call.id, run, deps, timeout=self.timeout)
+        key = call.id if key is None else key
+        graph.add(key, run, refs if deps is None else deps, timeout=self.timeout, **task)
 
     def _observations(self, outcome: Outcome, calls: list[ToolCall]) -> dict[int, Observation]:
         observations: dict[int, Observation] = {}
         for call in calls:
             if call.id in outcome.results:
                 observations[call.id] = outcome.results[call.id]
-                continue
-            error = outcome.errors[call.id]
-            if isinstance(error, _ToolFailed):
-                observations[call.id] = error.observation
-            elif isinstance(error, DependencyFailed):
-                failed = observations[error.dependency].error
-                text = f"not run: task {error.dependency} failed: {failed}"
-                observations[call.id] = error_observation(text)
-            elif isinstance(error, TaskTimeout):
-                text = f"tool {call.tool!r} timed out after {error.timeout:g} s"
-                observations[call.id] = error_observation(text)
             else:
-                text = f"tool {call.tool!r} raised {type(error).__name__}: {error}"
-                observations[call.id] = error_observation(text)
+                error = outcome.errors[call.id]
+                observations[call.id] = _error_observation(call, error, observations)
         return observations
+
+
+def _error_observation(
+    call: ToolCall, error: BaseException, observations: Mapping[int, Observation]
+) -> Observation:
+    """What a call that did not answer shows the agent; ``observations`` holds those of the
+    calls before it (a failed dependency's among them). A dependency is the call's id, or
+    ``(plan key, id)`` for a plan scheduled on a shared graph."""
+    if isinstance(error, _ToolFailed):
+        return error.observation
+    if isinstance(error, DependencyFailed):
+        dependency = error.dependency
+        dependency = dependency[1] if isinstance(dependency, tuple) else dependency
+        failed = observations[dependency].error
+        return error_observation(f"not run: task {dependency} failed: {failed}")
+    if isinstance(error, TaskTimeout):
+        return error_observation(f"tool {call.tool!r} timed out after {error.timeout:g} s")
+    return error_observation(f"tool {call.tool!r} raised {type(error).__name__}: {error}")
 
 
 class PlanStream:

@@ -378,6 +378,29 @@ def stub(api: str, tool_input: dict) -> ToolRequest:
 
 
 @pytest.mark.parametrize("mode", ["rounds", "endpoints"])
+def test_a_plans_calls_count_against_the_tools_lane(tiny_models, mode: str) -> None:
+    """Two plans of six independent calls at concurrency 3: their calls share the tools lane
+    (the same graph, not a graph of each plan's own), so no more than 3 are ever in flight
+    (the stand-in holds each call 1 s and notes the most in flight), and 3 are."""
+    plans = {
+        q: planned(
+            *(PlannedCall(k, f"a{k}_for_stub", stub(f"p{q}", {"k": k})) for k in range(1, 7))
+        )
+        for q in (0, 1)
+    }
+    done, on_done = collect()
+    llm = tiny_models if mode == "rounds" else EndpointBackend({})
+    with ToolStandIn(together=99, hold=1.0) as server:  # each call held 1 s
+        stats = run_searches(plans, llm, tool_client(server.url), 3, on_done, plan_timeout=20)
+        assert server.calls == 12 and server.most == 3
+    assert stats.tool_calls == 12
+    for q in (0, 1):
+        observations, error = done[q]
+        assert error is None and sorted(observations) == [1, 2, 3, 4, 5, 6]
+        assert observations[4].response == f"p{q}:{{'k': 4}}"
+
+
+@pytest.mark.parametrize("mode", ["rounds", "endpoints"])
 def test_a_plan_runs_its_calls_with_references_replaced(tiny_models, mode: str) -> None:
     """``$1`` / ``${1}`` become the first call's response before the second call goes out; a
     plan that refers to a call it does not hold runs nothing, and every call of it gets an

@@ -18,9 +18,10 @@ up to ``concurrency`` of them active and answers their requests:
 * ``ToolRequest`` with a :class:`~inference_utils.toolclient.ToolClient`, concurrently on the
   task graph (a lane of ``concurrency`` calls); every call has the client's timeout, and a call
   that fails is an error observation for its search, never an exception.
-* ``ToolPlan`` (several calls of one model output, ``--parallel_calls``) as one task of that
-  lane: a :class:`~inference_utils.dag.PlanRunner` runs its calls through the same client,
-  each as soon as the calls its arguments refer to (``$N``) have answered, each bounded by
+* ``ToolPlan`` (several calls of one model output, ``--parallel_calls``) as tasks of that
+  lane, on the same graph (:meth:`~inference_utils.dag.PlanRunner.schedule`), so a plan's
+  calls count against the lane's cap like any other: each call runs through the same client
+  as soon as the calls its arguments refer to (``$N``) have answered, each bounded by
   ``plan_timeout``; the search is sent ``{id: Observation}``, an error observation for every
   call when the plan cannot run. Each call counts as a tool call.
 
@@ -36,6 +37,7 @@ import itertools
 import time
 from collections.abc import Callable, Generator, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from inference_utils.backends import RoleBackend
@@ -251,8 +253,7 @@ def _run_tools(active: _Searches, tools: _ToolAnswers) -> None:
     count = itertools.count()
 
     def add(key: Hashable) -> None:
-        request = active.waiting[key]
-        graph.add((key, next(count)), lambda: tools.answer(request), lane=TOOLS_LANE)
+        tools.submit(graph, (key, next(count)), active.waiting[key], partial(answered, key))
 
     def answered(key: Hashable, result: Any) -> None:
         """Send the result; then the search's next tool call and new searches' first."""
@@ -262,11 +263,6 @@ def _run_tools(active: _Searches, tools: _ToolAnswers) -> None:
             if isinstance(active.waiting[k], ToolWork):
                 add(k)
 
-    def failed(key: Hashable, error: BaseException) -> None:
-        answered(key, _failed_answer(active.waiting[key], error))
-
-    graph.on_done = lambda _g, task, result: answered(task[0], result)
-    graph.on_error = lambda _g, task, error: failed(task[0], error)
     for key in pending:
         add(key)
     graph.run()
@@ -280,43 +276,49 @@ class _ToolAnswers:
             raise ValueError(f"plan_timeout must be positive, not {plan_timeout!r}")
         self.client, self.plan_timeout = client, plan_timeout
 
-    def answer(self, request: ToolWork) -> Observation | dict[int, Observation]:
-        if isinstance(request, ToolPlan):
-            return self.run_plan(request)
-        return self.call(request, request.tool_input)
-
-    def call(self, request: ToolRequest, tool_input: dict) -> Observation:
-        return self.client.call(request.category, request.tool_name, request.api_name, tool_input)
-
-    def run_plan(self, plan: ToolPlan) -> dict[int, Observation]:
-        """Each call's observation by id: a plan that cannot run (a reference to a call that
-        made no request, to itself or to a later one) is an error for every call."""
+    def submit(
+        self,
+        graph: TaskGraph,
+        key: Hashable,
+        request: ToolWork,
+        answered: Callable[[Observation | dict[int, Observation]], None],
+    ) -> None:
+        """Add ``request`` to ``graph`` on the tools lane; ``answered`` gets what its search
+        is sent: the observation of one call (a call that raises is a failed call's), or each
+        call's observation of a plan, whose calls are tasks of the same lane (each as soon as
+        the calls it refers to have answered, bounded by ``plan_timeout``). A plan that cannot
+        run (a reference to a call that made no request, to itself or to a later one) is an
+        error for every call, at once."""
+        if not isinstance(request, ToolPlan):
+            graph.add(
+                key,
+                lambda: self.call(request, request.tool_input),
+                lane=TOOLS_LANE,
+                on_done=answered,
+                on_error=lambda error: answered(_failed_observation(error)),
+            )
+            return
         functions: dict[str, Any] = {}
-        for planned in plan.calls:
+        for planned in request.calls:
             route = planned.request  # one function name always has one route
             functions.setdefault(
                 planned.function, lambda tool_input, r=route: self.call(r, tool_input)
             )
-        calls = [ToolCall(c.id, c.function, c.request.tool_input) for c in plan.calls]
-        runner = PlanRunner(functions, self.plan_timeout, max_workers=max(len(calls), 1))
+        calls = [ToolCall(c.id, c.function, c.request.tool_input) for c in request.calls]
         try:
-            return runner.run(calls)
+            PlanRunner(functions, self.plan_timeout).schedule(
+                graph, calls, key, TOOLS_LANE, answered
+            )
         except PlanError as exc:
-            return {
-                c.id: error_observation(f"the calls cannot run as a plan: {exc}") for c in calls
-            }
+            text = f"the calls cannot run as a plan: {exc}"
+            answered({c.id: error_observation(text) for c in calls})
+
+    def call(self, request: ToolRequest, tool_input: dict) -> Observation:
+        return self.client.call(request.category, request.tool_name, request.api_name, tool_input)
 
 
 def _calls_in(request: ToolWork) -> int:
     return len(request.calls) if isinstance(request, ToolPlan) else 1
-
-
-def _failed_answer(request: ToolWork, error: BaseException) -> Observation | dict[int, Observation]:
-    """A tool task that raised, as the search sees calls that failed."""
-    observation = _failed_observation(error)
-    if isinstance(request, ToolPlan):
-        return {planned.id: observation for planned in request.calls}
-    return observation
 
 
 def _failed_observation(error: BaseException) -> Observation:
@@ -338,32 +340,30 @@ def _run_on_endpoints(active: _Searches, backend: RoleBackend, tools: _ToolAnswe
             request = active.waiting[key]
             task = (key, next(count))
             if isinstance(request, ToolWork):
-                graph.add(task, lambda r=request: tools.answer(r), lane=TOOLS_LANE)
+                tools.submit(graph, task, request, partial(answered, key))
             else:  # a role the backend does not serve fails in its task, like any call
-                graph.add(task, lambda r=request: _ask(backend, r), lane=request.role)
+                graph.add(
+                    task,
+                    lambda r=request: _ask(backend, r),
+                    lane=request.role,
+                    on_done=partial(generated, key),
+                    on_error=partial(threw, key),
+                )
 
     def moved(key: Hashable, waits: bool) -> None:
         schedule(([key] if waits else []) + active.fill())
 
-    def done(_graph: TaskGraph, task: tuple, value: Any) -> None:
-        key = task[0]
-        request = active.waiting[key]
-        if isinstance(request, ToolWork):
-            active.stats.tool_calls += _calls_in(request)
-        else:
-            active.stats.count_llm(request.role)
-        moved(key, active.send(key, value))
+    def answered(key: Hashable, result: Any) -> None:
+        active.stats.tool_calls += _calls_in(active.waiting[key])
+        moved(key, active.send(key, result))
 
-    def failed(_graph: TaskGraph, task: tuple, error: BaseException) -> None:
-        key = task[0]
-        request = active.waiting[key]
-        if isinstance(request, ToolWork):
-            active.stats.tool_calls += _calls_in(request)
-            moved(key, active.send(key, _failed_answer(request, error)))
-        else:
-            moved(key, active.throw(key, error))
+    def generated(key: Hashable, text: str) -> None:
+        active.stats.count_llm(active.waiting[key].role)
+        moved(key, active.send(key, text))
 
-    graph.on_done, graph.on_error = done, failed
+    def threw(key: Hashable, error: BaseException) -> None:
+        moved(key, active.throw(key, error))
+
     schedule(active.fill())
     graph.run()
 
