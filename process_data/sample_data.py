@@ -133,14 +133,14 @@ TOOLS: list[dict[str, Any]] = [
 # fmt: on
 
 # One trajectory shape per DFS file, cycled in order over G1, G2 then G3 (see --per_group).
-SHAPES = "answer hallucination object_response give_up diversity give_up_first answer".split()
-SHAPES += ["bad_finish_json", "no_final_answer", "invalid"]
+SHAPES = ["answer", "hallucination", "object_response", "timeout_give_up", "diversity"]
+SHAPES += ["give_up_first", "answer", "bad_finish_json", "no_final_answer", "invalid"]
 OPENERS = ["I'm planning a weekend away.", "Quick question for my team chat.", "Help me out here."]
 SYSTEM = (
     "You are ToyAgent. Solve the user's task by calling functions, one per step: think about the "
-    "current state, then call a function. When you have enough information, call Finish with "
-    'return_type "give_answer" and a complete final answer; if you are stuck, call Finish with '
-    'return_type "give_up_and_restart". Functions you can call: {names}.'
+    f"current state, then call a function. When you have enough information, call {FINISH} with "
+    f'return_type "{GIVE_ANSWER}" and a complete final answer; if you are stuck, call {FINISH} '
+    f'with return_type "{GIVE_UP_AND_RESTART}". Functions you can call: {{names}}.'
 )
 DIVERSITY = (
     "This is not the first time you try this task, all previous trails failed.\n"
@@ -217,14 +217,14 @@ def build_messages(
             _content("", f"No such function name: {fake}"),
         )
     for i, step in enumerate(steps):
-        if shape in ("give_up", "diversity") and i == 0:
+        if shape in ("timeout_give_up", "diversity") and i == 0:
             act(
                 step["name"],
                 step["args"],
                 f"Let me look up {step['ask']} first.",
                 _content("", "Timeout error: the service did not answer in time"),
             )
-            if shape == "give_up":
+            if shape == "timeout_give_up":
                 act(FINISH, give_up, "The service keeps timing out, so I will give up.")
                 return msgs, give_up
             tried = f"1. {FINISH} with arguments {json.dumps({'return_type': GIVE_UP_AND_RESTART})}"
@@ -334,7 +334,7 @@ def make_answer(group: str, qid: int, shape: str, cot: bool, seed: int) -> dict[
     functions.append(FINISH_FUNCTION)
     msgs, finish_args = build_messages(shape, steps, query, [f["name"] for f in functions], cot)
     valid = shape != "invalid"
-    win = valid and '"give_answer"' in finish_args
+    win = valid and f'"{GIVE_ANSWER}"' in finish_args
     generation: dict[str, Any] = {
         "valid_data": valid,
         "query_count": sum("function_call" in m for m in msgs),
@@ -399,7 +399,7 @@ def generate(output_dir: Path, seed: int = 0, per_group: int = 6) -> list[Path]:
             k += 1
     for offset, group in enumerate(ids):
         qid = 3 * n + offset
-        shape = "give_up" if group == "G3" else "answer"
+        shape = "timeout_give_up" if group == "G3" else "answer"
         path = output_dir / "answer" / f"{group}_answer" / f"{qid}_CoT@1.json"
         write_json(path, make_answer(group, qid, shape, True, seed))
         written.append(path)

@@ -142,10 +142,10 @@ PROTOCOL_MARKERS = (
     protocol.ACTION_INPUT_KEY,
     protocol.TURN_END,
     f"'name': '{protocol.FINISH}'",
+    *(f'"{kind}"' for kind in (protocol.GIVE_ANSWER, protocol.GIVE_UP_AND_RESTART)),
 )
 #: Spellings that mean something else where they stand.
 ALLOWED = {
-    ("process_data/sample_data.py", "give_up"): "a trajectory shape's name",
     ("inference_utils/tooleval/pass_rate.py", "none"): "the --compat flag's value",
 }
 
