@@ -76,6 +76,19 @@ class ModelResult:
         return json_object(self.text)
 
 
+def generate_texts(
+    backend: RoleBackend,
+    role: str,
+    prompts: Sequence[str],
+    sessions: Sequence[Hashable] | None = None,
+) -> list[str]:
+    """A role's outputs for α-UMi text prompts, as one batch (``sessions``: one per prompt,
+    or none)."""
+    sessions = sessions if sessions is not None else [None] * len(prompts)
+    requests = [ModelRequest(prompt=p, session=s) for p, s in zip(prompts, sessions, strict=True)]
+    return [result.text for result in backend.generate(role, requests)]
+
+
 class RoleBackend(Protocol):
     """What serves the roles (see the module's docstring)."""
 

@@ -22,7 +22,6 @@ from servers import (  # noqa: F401 (the hook is registered by being here)
 )
 
 from GLPFT.models import TINY_LLAMA, gguf_path
-from inference_utils.backends import ModelRequest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -62,13 +61,6 @@ def tiny_train_flags(data: Path, out: Path, **flags: object) -> list[str]:
         **flags,
     }
     return [arg for key, value in merged.items() for arg in (f"--{key}", str(value))]
-
-
-def generate_texts(backend, role: str, prompts: list[str], sessions=None) -> list[str]:
-    """A role backend's outputs for α-UMi text prompts (``sessions``: one per prompt)."""
-    sessions = sessions if sessions is not None else [None] * len(prompts)
-    requests = [ModelRequest(prompt=p, session=s) for p, s in zip(prompts, sessions, strict=True)]
-    return [result.text for result in backend.generate(role, requests)]
 
 
 def read_json(path: Path):

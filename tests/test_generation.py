@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ALPHA_UMI, generate_texts, read_json
+from conftest import ALPHA_UMI, read_json
 
 from GLPFT.models import TINY_LLAMA, resolve_model
+from inference_utils.backends import generate_texts
 from inference_utils.generation import (
     GenerationSettings,
     HFModels,

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ALPHA_UMI, REPO, generate_texts, kill_when, read_json, read_jsonl
+from conftest import ALPHA_UMI, REPO, kill_when, read_json, read_jsonl
 
+from inference_utils.backends import generate_texts
 from inference_utils.toolbench.infer_pipeline import backbone_prediction
 from inference_utils.toolbench.metrics import evaluate
 from inference_utils.toolbench.steps import step_samples

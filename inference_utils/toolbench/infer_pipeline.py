@@ -34,7 +34,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from inference_utils.backends import ModelRequest, RoleBackend
+from inference_utils.backends import ModelRequest, RoleBackend, generate_texts
 from inference_utils.dag import TaskGraph
 from inference_utils.role_flags import (
     add_role_arguments,
@@ -68,24 +68,21 @@ FOLLOW_UP_ROLE = {"caller": "caller", "conclusion": "summarizer"}
 DECISION_OF_ROLE = {role: kind for kind, role in FOLLOW_UP_ROLE.items()}
 
 
-def texts(backend: RoleBackend, role: str, prompts: list[str]) -> list[str]:
-    """A role's outputs for α-UMi text prompts, as one batch."""
-    return [r.text for r in backend.generate(role, [ModelRequest(prompt=p) for p in prompts])]
-
-
 def run_chunk(
     samples: list[dict], models: RoleBackend, prompt_types: dict[str, str], backbone: bool
 ) -> list[dict]:
     """Predictions for a chunk of step samples (the multi-LLM chain, or the backbone)."""
     done = [dict(s) for s in samples]
     if backbone:
-        outputs = texts(
+        outputs = generate_texts(
             models, "backbone", [text_prompt(s, "backbone", prompt_types) for s in done]
         )
         for sample, output in zip(done, outputs, strict=True):
             finish(sample, "backbone", output)
         return done
-    plans = texts(models, "planner", [text_prompt(s, "planner", prompt_types) for s in done])
+    plans = generate_texts(
+        models, "planner", [text_prompt(s, "planner", prompt_types) for s in done]
+    )
     follow: dict[str, list[int]] = {role: [] for role in FOLLOW_UP_ROLES}
     for k, (sample, output) in enumerate(zip(done, plans, strict=True)):
         role = plan_step(sample, output, prompt_types)
@@ -94,7 +91,7 @@ def run_chunk(
     for role in FOLLOW_UP_ROLES:
         if not follow[role]:
             continue
-        outputs = texts(
+        outputs = generate_texts(
             models, role, [text_prompt(done[k], role, prompt_types) for k in follow[role]]
         )
         for k, text in zip(follow[role], outputs, strict=True):
