@@ -4,7 +4,7 @@ Throughput (step samples/s, end to end, model loading included), on the step sam
 first ``--num_trajectories`` dev trajectories, with the same model in all three roles (three
 paths, so that each role is a checkpoint of its own) and the same ``max_new_tokens``:
 
-* ours: ``HFModels`` + ``run_chunk`` as ``infer_pipeline`` runs them, with its defaults: the
+* ours: ``HFModels`` + ``run_steps`` as ``infer_pipeline`` runs them, with its defaults: the
   three role models stay loaded, greedy, each prompt prefilled once reusing the KV cache of
   the prefix it shares with the previous one, then decoded in batches of 16 (``--padded``:
   classic batches sorted by length, left-padded, prefilled together);
@@ -67,7 +67,6 @@ def peak_mib() -> float:
 
 def child_ours(args: argparse.Namespace, paths: dict[str, str]) -> dict:
     from inference_utils.generation import GenerationSettings, HFModels
-    from inference_utils.toolbench.infer_pipeline import run_chunk
 
     steps = samples(args.num_trajectories)
     settings = GenerationSettings(
@@ -77,15 +76,53 @@ def child_ours(args: argparse.Namespace, paths: dict[str, str]) -> dict:
         dtype=args.dtype,
     )
     start = time.perf_counter()
-    done = run_chunk(steps, HFModels(paths, settings), PROMPT_TYPES, backbone=False)
+    done = run_all(steps, HFModels(paths, settings))
     return {"seconds": time.perf_counter() - start, "outputs": outputs(done)}
 
 
-def child_alpha(args: argparse.Namespace, paths: dict[str, str]) -> dict:
-    from inference_utils.generation import GenerationSettings, _load, generate_batched
-    from inference_utils.toolbench.infer_pipeline import finish, plan_step
+def run_all(steps: list[dict], backend) -> list[dict]:
+    """Every step's chain on the pipeline's driver, as one batch per role."""
+    from inference_utils.toolbench.infer_pipeline import run_steps
 
-    steps = [dict(s) for s in samples(args.num_trajectories)]
+    done: dict[int, dict] = {}
+    todo = dict(enumerate(steps))
+    failed = run_steps(todo, backend, PROMPT_TYPES, False, False, done.__setitem__)
+    if failed:
+        raise RuntimeError(f"{len(failed)} steps failed: {next(iter(failed.values()))}")
+    return [done[i] for i in range(len(steps))]
+
+
+class LoadPerRole:
+    """A batched role backend the α-UMi way: each call loads the role's model, answers its
+    prompts one at a time, and unloads it."""
+
+    batched, concurrency = True, 1
+
+    def __init__(self, paths: dict[str, str], settings) -> None:
+        self.paths, self.settings = paths, settings
+
+    def generate(self, role: str, requests):
+        from inference_utils.backends import ModelResult
+        from inference_utils.generation import _load, generate_batched
+
+        model, tokenizer = _load(self.paths[role], self.settings)
+        prompts = [r.prompt for r in requests]
+        texts = generate_batched(model, tokenizer, prompts, self.settings)
+        del model, tokenizer
+        gc.collect()
+        return [ModelResult(t) for t in texts]  # cleaned as α-UMi cleans them
+
+    def release(self, sessions) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def child_alpha(args: argparse.Namespace, paths: dict[str, str]) -> dict:
+    from inference_utils.generation import GenerationSettings
+
+    steps = samples(args.num_trajectories)
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens,
         batch_size=1,
@@ -94,23 +131,8 @@ def child_alpha(args: argparse.Namespace, paths: dict[str, str]) -> dict:
         dtype=args.dtype,
     )
     start = time.perf_counter()
-    queue = {"planner": list(range(len(steps))), "caller": [], "summarizer": []}
-    for role in ROLES:
-        if not queue[role]:
-            continue
-        model, tokenizer = _load(paths[role], settings)  # load, use on all, unload
-        key = "model_input" if role == "planner" else f"model_input_for_{role}"
-        texts = generate_batched(model, tokenizer, [steps[i][key] for i in queue[role]], settings)
-        del model, tokenizer
-        gc.collect()
-        for i, text in zip(queue[role], texts, strict=True):
-            if role == "planner":
-                follow = plan_step(steps[i], text, PROMPT_TYPES)
-                if follow is not None:
-                    queue[follow].append(i)
-            else:
-                finish(steps[i], role, text)
-    return {"seconds": time.perf_counter() - start, "outputs": outputs(steps)}
+    done = run_all(steps, LoadPerRole(paths, settings))  # planner, then caller, then summarizer
+    return {"seconds": time.perf_counter() - start, "outputs": outputs(done)}
 
 
 def outputs(done: list[dict]) -> dict:

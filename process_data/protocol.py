@@ -484,6 +484,8 @@ def _backbone_decision(text: str) -> Decision:
 
 #: The speaker that answers after each decision of the planner.
 FOLLOW_UP_SPEAKER: dict[str, str] = {"caller": CALLER, "conclusion": CONCLUSION}
+#: The role that writes the follow-up of each decision of the planner (a give-up has none).
+FOLLOW_UP_ROLE: dict[str, str] = dict(zip(FOLLOW_UP_SPEAKER, FOLLOW_UP_ROLES, strict=True))
 
 
 def format_prediction(turn: str, kind: DecisionKind, follow_up: str | None = None) -> str:

@@ -199,6 +199,43 @@ def test_rounds_batch_each_role_across_queries(tiny_models: HFModels) -> None:
     assert alone == done
 
 
+def test_the_run_is_one_task_graph_and_its_rounds_batch_by_the_searches_alone(
+    tiny_models: HFModels, monkeypatch
+) -> None:
+    """One graph serves every round (the model batches are tasks of its models lane), and a
+    batch holds exactly the queries waiting on its role when the round's tools are done."""
+    import inference_utils.toolbench.agent as driver
+
+    graphs = []
+
+    class Counted(driver.TaskGraph):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            graphs.append(self)
+
+    monkeypatch.setattr(driver, "TaskGraph", Counted)
+    recorder = Recorder(tiny_models)
+    with ToolStandIn() as server:
+        run_searches(
+            {q: chain(q, tool_calls=2) for q in range(5)}, recorder, tool_client(server.url), 3
+        )
+    assert len(graphs) == 1
+    batches = [
+        (role, [int(p.split()[1].rstrip(",")) for p in prompts]) for role, prompts in recorder.calls
+    ]
+    first, last = [0, 1, 2], [3, 4]
+    assert batches == [
+        ("planner", first),
+        ("caller", first),
+        ("planner", first),
+        ("caller", first),
+        ("planner", last),
+        ("caller", last),
+        ("planner", last),
+        ("caller", last),
+    ]
+
+
 def test_a_search_that_raises_fails_only_its_query(tiny_models: HFModels) -> None:
     def broken() -> Generator:
         yield Generate("planner", "Query 9, step 0: the planner says")

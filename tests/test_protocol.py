@@ -108,18 +108,24 @@ def _random_planner_output(rng: random.Random) -> str:
 def test_router_and_metrics_read_the_same_decision(seed: int) -> None:
     """What the pipeline routes a planner output to is what the metrics score it as, as long
     as the caller's or summarizer's text holds no marker of its own."""
-    from inference_utils.toolbench.infer_pipeline import plan_step
+    from inference_utils.toolbench.infer_pipeline import step_search
 
     rng = random.Random(seed)
     for _ in range(20):
         output = _random_planner_output(rng)
-        sample = {"dispath": "", "tools": []}
-        role = plan_step(sample, output, {})
+        sample = {"dispath": "", "tools": [], "model_input": "p"}
+        search = step_search(sample, {}, chat=False, backbone=False)
+        assert next(search).role == "planner"
+        try:
+            role = search.send(output).role
+        except StopIteration:
+            role = None
+        else:
+            with pytest.raises(StopIteration):
+                search.send("Action: f\nAction Input: {}")
         kind = parse_decision(output).kind
         assert role == {"caller": "caller", "conclusion": "summarizer", "give up": None}[kind]
-        prediction = sample.get("predictions") or format_prediction(
-            sample["planner_prediction"], kind, "Action: f\nAction Input: {}"
-        )
+        prediction = sample["predictions"]
         assert (
             read_step(prediction).plan
             == {

@@ -221,3 +221,57 @@ def test_lora_adapters_share_one_base(tmp_path: Path, adapters: dict[str, Path])
     flags += [f"--{r}_use_lora=True" for r in adapters]
     run(pipeline(out, *flags, n=8))
     assert len(read_json(out / "predictions.json")) == 8
+
+
+class ScriptedRoles:
+    """A batched role backend whose planner decides call, conclusion and give-up in turn, and
+    whose summarizer is down; it notes each batch."""
+
+    batched, concurrency = True, 1
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[str, int]] = []
+
+    def generate(self, role, requests):
+        from inference_utils.backends import ModelResult
+        from process_data.protocol import format_plan
+
+        self.batches.append((role, len(requests)))
+        if role == "summarizer":
+            raise RuntimeError("the summarizer is down")
+        if role == "planner":
+            kinds = ("caller", "conclusion", "give up")
+            return [ModelResult(format_plan(f"t{k}", kinds[k % 3])) for k in range(len(requests))]
+        return [ModelResult('Action: f\nAction Input: {"a": 1}')] * len(requests)
+
+    def release(self, sessions) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_steps_run_on_the_driver_as_one_batch_per_role(shared) -> None:
+    """α-UMi's pipeline asks each role once for all the steps that need it; a role that
+    fails fails its own steps only, and the others keep their predictions."""
+    from inference_utils.toolbench.infer_pipeline import run_steps
+    from process_data.jsonio import iter_json_array
+
+    records = [r for _, r in zip(range(3), iter_json_array(DEV), strict=False)]
+    samples = dict(enumerate(step_samples(records)))
+    n = len(samples)
+    backend, done = ScriptedRoles(), {}
+    failed = run_steps(samples, backend, {}, False, False, done.__setitem__)
+    calls, concludes = range(0, n, 3), range(1, n, 3)
+    assert backend.batches == [
+        ("planner", n),
+        ("caller", len(calls)),
+        ("summarizer", len(concludes)),
+    ]
+    assert sorted(failed) == list(concludes)
+    assert all("summarizer is down" in str(e) for e in failed.values())
+    assert sorted(done) == sorted(set(range(n)) - set(concludes))
+    for i in calls:
+        assert done[i]["predictions"].endswith('caller: Action: f\nAction Input: {"a": 1}')
+    for i in range(2, n, 3):
+        assert done[i]["predictions"] == done[i]["planner_output"]  # a give-up: the turn alone

@@ -8,15 +8,14 @@ up to ``concurrency`` of them active and answers their requests:
   in rounds. A round first runs the tool calls of the active queries until each waits on a model
   (or is done), then makes one ``generate(role, prompts)`` call per role for the queries
   waiting on that role, in the order the queries started, so one forward pass serves several
-  queries. Each prompt names its query's session, so the models prefill only what is new
-  since that query's previous prompt for the role; a query's sessions are released when it
-  ends. Which prompts share a call depends only on the searches, never on how fast the
-  tools answer, so a run is reproducible.
+  queries (a task of the models lane, one at a time). Each prompt names its query's
+  session, so the models prefill only what is new since that query's previous prompt for the
+  role; a query's sessions are released when it ends. Which prompts share a call depends only
+  on the searches, never on how fast the tools answer, so a run is reproducible.
 * ``Generate`` with a backend that takes one request per call (role endpoints):
-  concurrently, on the task graph, one lane per role of ``concurrency`` calls (as the
-  static pipeline runs them).
+  concurrently, one lane per role of ``lane_width`` calls.
 * ``ToolRequest`` with a :class:`~inference_utils.toolclient.ToolClient`, concurrently on the
-  task graph (a lane of ``concurrency`` calls); every call has the client's timeout, and a call
+  task graph (a lane of ``lane_width`` calls); every call has the client's timeout, and a call
   that fails is an error observation for its search, never an exception.
 * ``ToolPlan`` (several calls of one model output, ``--parallel_calls``) as tasks of that
   lane, on the same graph (:meth:`~inference_utils.dag.PlanRunner.schedule`), so a plan's
@@ -51,6 +50,8 @@ from process_data.protocol import REQUEST_FAILED, ROLES, Observation
 ROLE_ORDER = ROLES
 #: The task graph's lane of tool calls.
 TOOLS_LANE = "tools"
+#: A batched backend's lane: one batch at a time.
+MODELS_LANE = "models"
 #: The default bound on each call of a plan: a backstop, since the client bounds its own calls.
 PLAN_TIMEOUT = 300.0
 #: What the tool lane answers.
@@ -176,25 +177,26 @@ class _Searches:
 def run_searches(
     searches: Mapping[Hashable, Search] | Iterable[tuple[Hashable, Search]],
     llm: RoleBackend,
-    tools: ToolClient,
+    tools: ToolClient | None,
     concurrency: int = 8,
     on_done: OnDone | None = None,
     stats: RunStats | None = None,
     plan_timeout: float = PLAN_TIMEOUT,
+    lane_width: int | None = None,
 ) -> RunStats:
     """Run every search to its end; ``on_done`` is called as each ends (in the calling
     thread). ``llm`` is the role backend (see the module's docstring for how it is asked);
-    ``plan_timeout`` bounds each call of a :class:`ToolPlan` (seconds)."""
+    ``tools`` answers tool requests (``None``: searches that make none, as the static
+    pipeline's steps; one that does fails); ``plan_timeout`` bounds each call of a
+    :class:`ToolPlan` (seconds); ``lane_width`` caps the calls at once of each role and of the
+    tools (default: ``concurrency``)."""
     stats = stats if stats is not None else RunStats()
     items = searches.items() if isinstance(searches, Mapping) else searches
     active = _Searches(items, concurrency, on_done, stats)
     start = time.monotonic()
-    tool_answers = _ToolAnswers(tools, plan_timeout)
+    answers = _ToolAnswers(tools, plan_timeout) if tools is not None else None
     try:
-        if llm.batched:
-            _run_in_rounds(active, llm, tool_answers)
-        else:
-            _run_on_endpoints(active, llm, tool_answers)
+        _Driver(active, llm, answers, lane_width or concurrency).run()
     finally:
         stats.seconds += time.monotonic() - start
         prefill = getattr(llm, "stats", None)
@@ -204,68 +206,147 @@ def run_searches(
     return stats
 
 
-# -- local models: rounds --------------------------------------------------------------------
+class _Driver:
+    """Answers the active searches' requests as tasks of one task graph, for the whole run.
 
+    Everything happens in the graph's scheduling thread (its ``on_done`` / ``on_error``
+    callbacks), so only that thread touches the searches. With a batched backend the run
+    goes in rounds (see the module's docstring): a round's tool calls, then one batch per role
+    on the models lane, one batch at a time; a tool request made while the round asks the
+    models waits for the next round's tool phase, so which prompts share a batch never depends
+    on timing. Otherwise every request is a task as soon as it is made.
+    """
 
-def _run_in_rounds(active: _Searches, models: RoleBackend, tools: _ToolAnswers) -> None:
-    active.release = models.release
-    active.fill()
-    while active:
-        _run_tools(active, tools)
-        for role in ROLE_ORDER:
-            keys = active.in_order(
-                k for k, r in active.waiting.items() if isinstance(r, Generate) and r.role == role
+    def __init__(
+        self,
+        active: _Searches,
+        llm: RoleBackend,
+        tools: _ToolAnswers | None,
+        lane_width: int,
+    ):
+        if lane_width < 1:
+            raise ValueError("lane_width must be at least 1")
+        self.active, self.llm, self.tools = active, llm, tools
+        self.rounds = llm.batched
+        lanes = {TOOLS_LANE: lane_width}
+        if self.rounds:
+            lanes[MODELS_LANE] = 1
+        else:
+            lanes.update({role: lane_width for role in ROLES})
+        self.graph = TaskGraph(max_workers=sum(lanes.values()), lanes=lanes, keep_results=False)
+        self.tasks = itertools.count()
+        self.tool_work = 0  # tool requests on the graph, not yet answered
+        self.batch = False  # rounds: a batch is on the graph
+        self.next_role: int | None = None  # rounds: None in the tool phase, else a ROLE_ORDER index
+
+    def run(self) -> None:
+        self.active.release = self.llm.release
+        self.after([])
+        self.graph.run()
+
+    def after(self, keys: list[Hashable]) -> None:
+        """These searches wait on new requests: schedule what may start, start new searches,
+        and in rounds go on when nothing is in flight."""
+        for key in [*keys, *self.active.fill()]:
+            request = self.active.waiting[key]
+            if isinstance(request, ToolWork):
+                if not self.rounds or self.next_role is None:
+                    self.submit_tool(key, request)
+            elif not self.rounds:  # a role the backend does not serve fails in its task
+                self.graph.add(
+                    (key, next(self.tasks)),
+                    partial(_ask, self.llm, request),
+                    lane=request.role,
+                    on_done=partial(self.generated, key),
+                    on_error=partial(self.threw, key),
+                )
+        if self.rounds and not self.tool_work and not self.batch:
+            self.next_batch()
+
+    def submit_tool(self, key: Hashable, request: ToolWork) -> None:
+        if self.tools is None:
+            self.graph.add(
+                (key, next(self.tasks)),
+                partial(_no_tools, request),
+                on_error=partial(self.threw, key),
             )
-            if not keys:
-                continue
-            requests = [active.waiting[k].model_request() for k in keys]
-            active.stats.model_calls += 1
-            try:
-                texts = [result.text for result in models.generate(role, requests)]
-            except Exception as exc:
-                for key in keys:
-                    active.throw(key, exc)
-            else:
-                active.stats.count_llm(role, len(keys))
-                for key, text in zip(keys, texts, strict=True):
-                    active.send(key, text)
+            return
+        self.tool_work += 1
+        self.tools.submit(self.graph, (key, next(self.tasks)), request, partial(self.answered, key))
+
+    def answered(self, key: Hashable, result: Any) -> None:
+        self.tool_work -= 1
+        self.active.stats.tool_calls += _calls_in(self.active.waiting[key])
+        self.after([key] if self.active.send(key, result) else [])
+
+    def generated(self, key: Hashable, text: str) -> None:
+        self.active.stats.count_llm(self.active.waiting[key].role)
+        self.after([key] if self.active.send(key, text) else [])
+
+    def threw(self, key: Hashable, error: BaseException) -> None:
+        self.after([key] if self.active.throw(key, error) else [])
+
+    # -- rounds --------------------------------------------------------------------------
+
+    def next_batch(self) -> None:
+        """Nothing is in flight: start the round's next piece of work (the held tool calls,
+        or the next role's batch), or a new round."""
+        active = self.active
+        while active:
+            if self.next_role is None:
+                held = [k for k, r in active.waiting.items() if isinstance(r, ToolWork)]
+                if held:
+                    for key in held:
+                        self.submit_tool(key, active.waiting[key])
+                    return
+                self.next_role = 0
+            while self.next_role < len(ROLE_ORDER):
+                role = ROLE_ORDER[self.next_role]
+                self.next_role += 1
+                keys = active.in_order(k for k, r in active.waiting.items() if _role_of(r) == role)
+                if keys:
+                    self.submit_batch(role, keys)
+                    return
+            self.next_role = None
+            unknown = [k for k, r in active.waiting.items() if _role_of(r) not in (*ROLES, None)]
+            for key in unknown:
+                active.throw(key, KeyError(f"no model for role {active.waiting[key].role!r}"))
             active.fill()
-        unknown = [k for k, r in active.waiting.items() if _role_of(r) not in (*ROLE_ORDER, None)]
-        for key in unknown:
-            active.throw(key, KeyError(f"no model for role {active.waiting[key].role!r}"))
-        active.fill()
+
+    def submit_batch(self, role: str, keys: list[Hashable]) -> None:
+        requests = [self.active.waiting[k].model_request() for k in keys]
+        self.batch = True
+        self.active.stats.model_calls += 1
+        self.graph.add(
+            (MODELS_LANE, next(self.tasks)),
+            lambda: [result.text for result in self.llm.generate(role, requests)],
+            lane=MODELS_LANE,
+            on_done=partial(self.batch_done, role, keys),
+            on_error=partial(self.batch_failed, keys),
+        )
+
+    def batch_done(self, role: str, keys: list[Hashable], texts: list[str]) -> None:
+        self.batch = False
+        self.active.stats.count_llm(role, len(keys))
+        self.after([k for k, t in zip(keys, texts, strict=True) if self.active.send(k, t)])
+
+    def batch_failed(self, keys: list[Hashable], error: BaseException) -> None:
+        self.batch = False
+        self.after([k for k in keys if self.active.throw(k, error)])
 
 
 def _role_of(request: Any) -> str | None:
     return request.role if isinstance(request, Generate) else None
 
 
-def _run_tools(active: _Searches, tools: _ToolAnswers) -> None:
-    """Answer tool calls until every active search waits on a model or has ended."""
-    pending = [k for k, r in active.waiting.items() if isinstance(r, ToolWork)]
-    if not pending:
-        return
-    graph = TaskGraph(
-        max_workers=active.concurrency,
-        lanes={TOOLS_LANE: active.concurrency},
-        keep_results=False,
-    )
-    count = itertools.count()
+def _ask(backend: RoleBackend, request: Generate) -> str:
+    """A role's output for one request (the backend picks the prompt or the messages it
+    speaks, and cleans the output as the static pipeline does)."""
+    return backend.generate(request.role, [request.model_request()])[0].text
 
-    def add(key: Hashable) -> None:
-        tools.submit(graph, (key, next(count)), active.waiting[key], partial(answered, key))
 
-    def answered(key: Hashable, result: Any) -> None:
-        """Send the result; then the search's next tool call and new searches' first."""
-        active.stats.tool_calls += _calls_in(active.waiting[key])
-        keys = [key] if active.send(key, result) else []
-        for k in keys + active.fill():
-            if isinstance(active.waiting[k], ToolWork):
-                add(k)
-
-    for key in pending:
-        add(key)
-    graph.run()
+def _no_tools(request: ToolWork) -> None:
+    raise SearchFailed(f"a search made a tool request ({type(request).__name__}) with no tools")
 
 
 class _ToolAnswers:
@@ -324,51 +405,3 @@ def _calls_in(request: ToolWork) -> int:
 def _failed_observation(error: BaseException) -> Observation:
     """A tool call that raised, as the search sees a call that failed."""
     return Observation(f"request failed: {type(error).__name__}: {error}", "", REQUEST_FAILED)
-
-
-# -- one request per call: everything concurrent ---------------------------------------------
-
-
-def _run_on_endpoints(active: _Searches, backend: RoleBackend, tools: _ToolAnswers) -> None:
-    lanes = {role: active.concurrency for role in ROLES}
-    lanes[TOOLS_LANE] = active.concurrency
-    graph = TaskGraph(max_workers=active.concurrency * len(lanes), lanes=lanes, keep_results=False)
-    count = itertools.count()
-
-    def schedule(keys: Iterable[Hashable]) -> None:
-        for key in keys:
-            request = active.waiting[key]
-            task = (key, next(count))
-            if isinstance(request, ToolWork):
-                tools.submit(graph, task, request, partial(answered, key))
-            else:  # a role the backend does not serve fails in its task, like any call
-                graph.add(
-                    task,
-                    lambda r=request: _ask(backend, r),
-                    lane=request.role,
-                    on_done=partial(generated, key),
-                    on_error=partial(threw, key),
-                )
-
-    def moved(key: Hashable, waits: bool) -> None:
-        schedule(([key] if waits else []) + active.fill())
-
-    def answered(key: Hashable, result: Any) -> None:
-        active.stats.tool_calls += _calls_in(active.waiting[key])
-        moved(key, active.send(key, result))
-
-    def generated(key: Hashable, text: str) -> None:
-        active.stats.count_llm(active.waiting[key].role)
-        moved(key, active.send(key, text))
-
-    def threw(key: Hashable, error: BaseException) -> None:
-        moved(key, active.throw(key, error))
-
-    schedule(active.fill())
-    graph.run()
-
-
-def _ask(backend: RoleBackend, request: Generate) -> str:
-    """A role's output for one request (the backend picks the prompt or the messages it
-    speaks, and cleans the output as the static pipeline does)."""
-    return backend.generate(request.role, [request.model_request()])[0].text

@@ -31,11 +31,10 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Hashable, Sequence
 from pathlib import Path
 
-from inference_utils.backends import ModelRequest, RoleBackend, generate_texts
-from inference_utils.dag import TaskGraph
+from inference_utils.backends import RoleBackend
 from inference_utils.role_flags import (
     add_role_arguments,
     build_endpoints,
@@ -43,14 +42,19 @@ from inference_utils.role_flags import (
     generation_settings,
     prompt_types_of,
 )
+from inference_utils.routing import route
+from inference_utils.toolbench.agent import run_searches
+from inference_utils.toolbench.requests import Generate
 from inference_utils.toolbench.steps import step_samples
 from process_data.jsonio import JsonArrayWriter
 from process_data.protocol import (
     ASSISTANT,
+    FOLLOW_UP_ROLE,
     FOLLOW_UP_ROLES,
     MULTI_ROLES,
     PLACEHOLDER,
     TOOL_ROLES,
+    Decision,
     build_prompt,
     chat_tools,
     format_action,
@@ -62,64 +66,30 @@ from process_data.protocol import (
 )
 from process_data.toolbench.formats import ChatEncoder
 
-#: The role that answers after each planner decision.
-FOLLOW_UP_ROLE = {"caller": "caller", "conclusion": "summarizer"}
-#: The decision whose follow-up each role writes.
-DECISION_OF_ROLE = {role: kind for kind, role in FOLLOW_UP_ROLE.items()}
 
-
-def run_chunk(
-    samples: list[dict], models: RoleBackend, prompt_types: dict[str, str], backbone: bool
-) -> list[dict]:
-    """Predictions for a chunk of step samples (the multi-LLM chain, or the backbone)."""
-    done = [dict(s) for s in samples]
+def step_search(
+    sample: dict, prompt_types: dict[str, str], chat: bool, backbone: bool
+) -> Generator[Generate, str, dict]:
+    """One step's chain as a search for the driver (:func:`run_searches`): the backbone, or
+    α-UMi's roles as :func:`~inference_utils.routing.route` routes them. It records every
+    output on ``sample`` and returns it. With ``chat`` the requests carry the chat format's
+    messages (and tools) beside the text prompt."""
     if backbone:
-        outputs = generate_texts(
-            models, "backbone", [text_prompt(s, "backbone", prompt_types) for s in done]
-        )
-        for sample, output in zip(done, outputs, strict=True):
-            finish(sample, "backbone", output)
-        return done
-    plans = generate_texts(
-        models, "planner", [text_prompt(s, "planner", prompt_types) for s in done]
-    )
-    follow: dict[str, list[int]] = {role: [] for role in FOLLOW_UP_ROLES}
-    for k, (sample, output) in enumerate(zip(done, plans, strict=True)):
-        role = plan_step(sample, output, prompt_types)
-        if role is not None:
-            follow[role].append(k)
-    for role in FOLLOW_UP_ROLES:
-        if not follow[role]:
-            continue
-        outputs = generate_texts(
-            models, role, [text_prompt(done[k], role, prompt_types) for k in follow[role]]
-        )
-        for k, text in zip(follow[role], outputs, strict=True):
-            finish(done[k], role, text)
-    return done
-
-
-def plan_step(sample: dict, output: str, prompt_types: dict[str, str]) -> str | None:
-    """Record the planner's output on the sample; the role that follows (None on a give-up)."""
-    decision = parse_decision(output)
-    sample["planner_output"] = output
-    if decision.kind == "give up":
-        sample["predictions"] = format_prediction(decision.turn, "give up")
-        return None
-    role = FOLLOW_UP_ROLE[decision.kind]
-    sample["planner_prediction"] = decision.turn
-    sample.update(follow_up_input(sample, role, prompt_types))
-    return role
-
-
-def finish(sample: dict, role: str, text: str) -> None:
-    """Record the output of the role that ends a step: the backbone, caller or summarizer."""
-    if role == "backbone":
+        text = yield step_request(sample, "backbone", prompt_types, chat)
         sample.update(predictions=backbone_prediction(text), backbone_output=text)
-        return
-    sample["predictions"] = format_prediction(
-        sample["planner_prediction"], DECISION_OF_ROLE[role], text
-    )
+        return sample
+
+    def ask(role: str, decision: Decision | None) -> Generate:
+        if decision is not None:  # α-UMi's pipeline keeps the planner's turn as it parsed it
+            sample["planner_prediction"] = decision.turn
+            sample.update(follow_up_input(sample, role, prompt_types))
+        return step_request(sample, role, prompt_types, chat)
+
+    routed = yield from route(ask)
+    sample["planner_output"] = routed.plan
+    turn = routed.decision.turn
+    sample["predictions"] = format_prediction(turn, routed.decision.kind, routed.follow_up)
+    return sample
 
 
 def text_prompt(sample: dict, role: str, prompt_types: dict[str, str]) -> str:
@@ -134,60 +104,44 @@ def text_prompt(sample: dict, role: str, prompt_types: dict[str, str]) -> str:
     return sample["model_input" if role == "planner" else f"model_input_for_{role}"]
 
 
-def model_request(sample: dict, role: str, prompt_types: dict[str, str], chat: bool):
+def step_request(sample: dict, role: str, prompt_types: dict[str, str], chat: bool) -> Generate:
     """What a role is asked for a step: the α-UMi text prompt, and with ``chat`` the chat
-    format's messages (and, for roles that call tools, the tools) instead."""
+    format's messages (and, for roles that call tools, the tools) beside it."""
+    prompt = text_prompt(sample, role, prompt_types)
     if not chat:
-        return ModelRequest(prompt=text_prompt(sample, role, prompt_types))
+        return Generate(role, prompt)
     turns = list(sample["history"])
     if role in FOLLOW_UP_ROLES:
         turns.append({"from": ASSISTANT, "value": sample["planner_prediction"]})
     messages = ChatEncoder("", sample["tools"], turns).prompt(role, len(turns))
     tools = chat_tools(sample["tools"]) if role in TOOL_ROLES else None
-    return ModelRequest(messages=tuple(messages), tools=tuple(tools) if tools else None)
+    return Generate(role, prompt, tuple(messages), tuple(tools) if tools else None)
 
 
-def run_endpoints(
+def run_steps(
     samples: dict[int, dict],
     backend: RoleBackend,
     prompt_types: dict[str, str],
     chat: bool,
     backbone: bool,
-    on_sample,
+    on_sample: Callable[[int, dict], None],
 ) -> dict[int, BaseException]:
-    """Each sample's chain as a task graph on the role backend, one request per call and
-    ``backend.concurrency`` calls per role at once; ``on_sample(index, sample)`` as each
-    finishes. Returns the samples that failed, with their errors."""
-    concurrency = backend.concurrency
-
-    def ask(role: str, sample: dict) -> str:
-        return backend.generate(role, [model_request(sample, role, prompt_types, chat)])[0].text
-
-    def done(graph: TaskGraph, key: tuple[int, str], output: str) -> None:
-        index, role = key
-        sample = samples[index]
-        if role == "planner":
-            follow = plan_step(sample, output, prompt_types)
-            if follow is not None:
-                graph.add((index, follow), lambda: ask(follow, sample), lane=follow)
-                return
-        else:
-            finish(sample, role, output)
-        on_sample(index, sample)
-
+    """Each sample's chain, on the driver: a batched backend gets every sample at once (one
+    batch per role, as α-UMi's pipeline asks them), one that takes a request per call
+    ``backend.concurrency`` calls per role at once. ``on_sample(index, sample)`` as each
+    finishes; returns the samples that failed, with their errors."""
     failed: dict[int, BaseException] = {}
-    roles = ("backbone",) if backbone else MULTI_ROLES
-    first = roles[0]
-    graph = TaskGraph(
-        max_workers=concurrency * len(roles),
-        lanes={role: concurrency for role in roles},
-        on_done=done,
-        on_error=lambda graph, key, error: failed.setdefault(key[0], error),
-        keep_results=False,
-    )
-    for index, sample in samples.items():
-        graph.add((index, first), lambda s=sample: ask(first, s), lane=first)
-    graph.run()
+
+    def done(index: Hashable, sample: dict | None, error: BaseException | None) -> None:
+        if error is not None:
+            failed[index] = error  # type: ignore[index]
+        else:
+            on_sample(index, sample)  # type: ignore[arg-type]
+
+    roles = 1 if backbone else len(MULTI_ROLES)
+    width = len(samples) if backend.batched else backend.concurrency
+    searches = ((i, step_search(dict(s), prompt_types, chat, backbone)) for i, s in samples.items())
+    run_searches(searches, backend, None, max(width * roles, 1), done, lane_width=width or 1)
     return failed
 
 
@@ -325,39 +279,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             lines.update({x["index"]: x for x in new})
             bar.update(len(new))
 
+        # a batched backend runs a chunk at a time (a re-run batches as the first run did,
+        # and saves whole chunks); endpoints run every step at once, each saved as it ends
         if endpoints:
-            todo = {i: dict(s) for i, s in enumerate(samples) if i not in done}
-            failed = run_endpoints(
-                todo,
-                endpoints,
-                prompt_types,
-                args.endpoint_api == "chat",
-                bool(args.backbone_endpoint),
-                lambda i, sample: save([compact(i, sample)]),
-            )
-            endpoints.close()
-            if failed:
-                for i, error in sorted(failed.items())[:5]:
-                    print(f"infer_pipeline: step {i} failed: {error}", file=sys.stderr)
-                print(
-                    f"infer_pipeline: {len(failed)} of {len(samples)} steps failed and "
-                    f"{len(lines)} are saved in {jsonl}; run the same command again to retry "
-                    "the failed ones",
-                    file=sys.stderr,
-                )
-                return 3
+            groups = [[i for i in range(len(samples)) if i not in done]]
         else:
-            todo = [s for s in range(0, len(samples), args.chunk_size) if s not in done]
-            models = build_models(args, settings) if todo else None
-            for start in todo:
-                chunk = samples[start : start + args.chunk_size]
-                predicted = run_chunk(
-                    chunk,
-                    models,  # type: ignore[arg-type]
-                    prompt_types,
-                    bool(args.backbone_model_name_or_path),
-                )
-                save([compact(start + k, s) for k, s in enumerate(predicted)])
+            starts = range(0, len(samples), args.chunk_size)
+            groups = [
+                list(range(s, min(s + args.chunk_size, len(samples))))
+                for s in starts
+                if s not in done
+            ]
+        groups = [g for g in groups if g]
+        backend = endpoints or (build_models(args, settings) if groups else None)
+        failed: dict[int, BaseException] = {}
+        for group in groups:
+            finished: dict[int, dict] = {}
+            failed |= run_steps(
+                {i: samples[i] for i in group},
+                backend,  # type: ignore[arg-type]
+                prompt_types,
+                args.endpoint_api == "chat" and endpoints is not None,
+                bool(args.backbone_endpoint or args.backbone_model_name_or_path),
+                (lambda i, s: save([compact(i, s)])) if endpoints else finished.__setitem__,
+            )
+            save([compact(i, finished[i]) for i in sorted(finished)])
+        if backend is not None:
+            backend.close()
+        if failed:
+            for i, error in sorted(failed.items())[:5]:
+                print(f"infer_pipeline: step {i} failed: {error}", file=sys.stderr)
+            print(
+                f"infer_pipeline: {len(failed)} of {len(samples)} steps failed and "
+                f"{len(lines)} are saved in {jsonl}; run the same command again to retry "
+                "the failed ones",
+                file=sys.stderr,
+            )
+            return 3
     writer = JsonArrayWriter(out / "predictions.json")
     for i, sample in enumerate(samples):
         writer.write(full_record(sample, lines[i], prompt_types))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Generator, Hashable
 
+from inference_utils.routing import route
 from inference_utils.toolbench.requests import Generate
 from inference_utils.toolbench.search import PARALLEL_CALLS
 from process_data.protocol import (
@@ -33,6 +34,7 @@ from process_data.protocol import (
     GIVE_UP_AND_RESTART,
     PLACEHOLDER,
     TOOL_ROLES,
+    Decision,
     build_prompt,
     chat_tools,
     format_plan,
@@ -146,18 +148,26 @@ class MultiLLMPolicy(_RolePrompts):
         tools = convert_tools(functions)
         turns = self.conversation(messages, tools)
         history = render_history(turns)
-        plan = yield self.request("planner", tools, turns, history)
-        decision = parse_decision(plan)
-        if decision.kind == "give up":
-            return finish_message(decision.thought, None)
-        turn = format_plan(decision.thought, decision.kind)
-        turns = [*turns, {"from": ASSISTANT, "value": turn}]
-        history += render_turn(ASSISTANT, turn)
-        if decision.kind == "conclusion":
-            answer = yield self.request("summarizer", tools, turns, history)
-            return finish_message(decision.thought, answer)
-        call = yield self.request("caller", tools, turns, history, thought=turn)
-        return call_message(decision.thought, call, self.parallel)
+
+        def ask(role: str, decision: Decision | None) -> Generate:
+            if decision is None:
+                return self.request(role, tools, turns, history)
+            turn = format_plan(decision.thought, decision.kind)
+            return self.request(
+                role,
+                tools,
+                [*turns, {"from": ASSISTANT, "value": turn}],
+                history + render_turn(ASSISTANT, turn),
+                thought=turn if role in TOOL_ROLES else None,
+            )
+
+        routed = yield from route(ask)
+        thought = routed.decision.thought
+        if routed.role is None:
+            return finish_message(thought, None)
+        if routed.role in TOOL_ROLES:
+            return call_message(thought, routed.follow_up, self.parallel)
+        return finish_message(thought, routed.follow_up)
 
 
 class BackbonePolicy(_RolePrompts):
