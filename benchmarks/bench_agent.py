@@ -17,7 +17,7 @@ the search is ``DFS_woFilter_w2``. Two workloads:
   measures batching across queries. The model is loaded and warmed before timing.
 
 Each workload runs at concurrency 1, then at ``--concurrency``, on the same queries; the time
-is that of the driver (:func:`inference_utils.toolbench.agent.run_searches`), from the first
+is that of the driver (:func:`inference_utils.driver.run_searches`), from the first
 request to the last answer. The answers of the two runs are compared (they must not depend on
 the concurrency).
 
@@ -52,13 +52,13 @@ QUERIES = (
 METHOD = "DFS_woFilter_w2"
 TARGET = 4.0
 
+from inference_utils.agent.answers import answer_json  # noqa: E402
+from inference_utils.agent.environment import QueryEnv  # noqa: E402
+from inference_utils.agent.policies import make_policy  # noqa: E402
+from inference_utils.agent.search import search  # noqa: E402
 from inference_utils.backends import ModelRequest  # noqa: E402
+from inference_utils.driver import RunStats, run_searches  # noqa: E402
 from inference_utils.endpoints import Endpoint, EndpointBackend, EndpointClient  # noqa: E402
-from inference_utils.toolbench.agent import RunStats, run_searches  # noqa: E402
-from inference_utils.toolbench.answers import answer_json  # noqa: E402
-from inference_utils.toolbench.functions import QueryEnv  # noqa: E402
-from inference_utils.toolbench.policies import make_policy  # noqa: E402
-from inference_utils.toolbench.search import search  # noqa: E402
 from inference_utils.toolclient import ToolClient  # noqa: E402
 from process_data.protocol import (  # noqa: E402
     ASSISTANT,

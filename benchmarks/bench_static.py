@@ -55,7 +55,7 @@ TARGET = 5.0
 # --------------------------------------------------------------------------------------------
 # Child process: one way of running
 def samples(num_trajectories: int) -> list[dict]:
-    from inference_utils.toolbench.steps import step_samples
+    from inference_utils.static.steps import step_samples
 
     records = json.loads(DEV.read_text())[:num_trajectories]
     return list(step_samples(records))
@@ -82,7 +82,7 @@ def child_ours(args: argparse.Namespace, paths: dict[str, str]) -> dict:
 
 def run_all(steps: list[dict], backend) -> list[dict]:
     """Every step's chain on the pipeline's driver, as one batch per role."""
-    from inference_utils.toolbench.infer_pipeline import run_steps
+    from inference_utils.static.infer import run_steps
 
     done: dict[int, dict] = {}
     todo = dict(enumerate(steps))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
-from inference_utils.toolbench.requests import Generate
+from inference_utils.search_requests import Generate
 from process_data.protocol import FOLLOW_UP_ROLE, Decision, parse_decision
 
 #: ``ask(role, decision)``: the request for ``role``; ``decision`` is ``None`` for the planner,

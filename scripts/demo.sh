@@ -29,13 +29,13 @@ scripts/train_glpft.sh --data "$out/data" --out "$out/glpft" --lora 8 -- \
   --max_steps 2 --per_device_train_batch_size 1 --model_max_length 1024 "${bf16[@]}" \
   --save_strategy no --logging_steps 1
 echo "== static evaluation of the trained roles on the sample's steps (one base, 3 adapters)"
-$py -m inference_utils.toolbench.infer_pipeline --data_path "$out/data/raw_data/raw_data_stage_2.json" \
+$py -m inference_utils.static.infer --data_path "$out/data/raw_data/raw_data_stage_2.json" \
   --output_dir "$out/static" --num_infer_samples 12 --max_new_tokens 48 \
   --per_device_eval_batch_size 4 --max_input_length 1024 \
   --planner_model_name_or_path "$out/glpft/planner" --planner_use_lora True \
   --caller_model_name_or_path "$out/glpft/caller" --caller_use_lora True \
   --summarizer_model_name_or_path "$out/glpft/summarizer" --summarizer_use_lora True
-$py -m inference_utils.toolbench.evaluate --input_path "$out/static/predictions.json" \
+$py -m inference_utils.static.evaluate --input_path "$out/static/predictions.json" \
   --output_path "$out/static/metrics.json"
 echo "== tool server (the sample's tools, offline simulator, cache in $out/tools.sqlite), and"
 echo "== the real-time agent (CoT@1, the trained roles) on 2 of the sample's G1 test queries"
@@ -58,7 +58,7 @@ with ServerProcess("tool server", cmd, f"http://127.0.0.1:{port}/health",
             seen = client.call("Toy", "toy_weather", "get_forecast", '{"city": "Lyon"}')
             server.check_alive()
             print("observation:", seen.text)
-    agent = [sys.executable, "-m", "inference_utils.toolbench.run_agent",
+    agent = [sys.executable, "-m", "inference_utils.agent.run",
              "--queries", "data/toolbench_sample/test_instruction/G1_instruction.json",
              "--toolserver", f"http://127.0.0.1:{port}/virtual", "--method", "CoT@1",
              "--output_dir", f"{out}/answers/G1_instruction", "--num_queries", "2",

@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 from conftest import STB_ANSWERS, TOOLBENCH_EXAMPLE, read_json
 
-from inference_utils.toolbench.policies import (
+from inference_utils.agent.policies import (
     UNPARSED_ARGUMENTS,
     UNPARSED_NAME,
     BackbonePolicy,
     MultiLLMPolicy,
     make_policy,
 )
-from inference_utils.toolbench.requests import Generate
-from inference_utils.toolbench.search import PARALLEL_CALLS
+from inference_utils.agent.search import PARALLEL_CALLS
+from inference_utils.search_requests import Generate
 from process_data.protocol import (
     ACTION_PREFIX,
     ASSISTANT,

@@ -26,13 +26,13 @@ from fastapi.responses import JSONResponse
 from openai_gateway import Gateway, ScriptedEndpoint
 
 from GLPFT.models import TINY_LLAMA
+from inference_utils.agent.environment import TOOL_INPUT_ERROR
+from inference_utils.agent.run import main as run_agent_main
 from inference_utils.backends import ModelRequest, ModelResult
+from inference_utils.driver import RunStats, run_searches
 from inference_utils.endpoints import Endpoint, EndpointBackend, EndpointClient, EndpointError
 from inference_utils.generation import GenerationSettings, HFModels
-from inference_utils.toolbench.agent import RunStats, run_searches
-from inference_utils.toolbench.functions import TOOL_INPUT_ERROR
-from inference_utils.toolbench.requests import Generate, PlannedCall, ToolPlan, ToolRequest
-from inference_utils.toolbench.run_agent import main as run_agent_main
+from inference_utils.search_requests import Generate, PlannedCall, ToolPlan, ToolRequest
 from inference_utils.toolclient import ToolClient
 from inference_utils.tooleval.convert import convert_dir
 from process_data.protocol import FINISH, REQUEST_FAILED, Observation, format_action, parse_action
@@ -204,7 +204,7 @@ def test_the_run_is_one_task_graph_and_its_rounds_batch_by_the_searches_alone(
 ) -> None:
     """One graph serves every round (the model batches are tasks of its models lane), and a
     batch holds exactly the queries waiting on its role when the round's tools are done."""
-    import inference_utils.toolbench.agent as driver
+    import inference_utils.driver as driver
 
     graphs = []
 
@@ -498,7 +498,7 @@ def agent(out: Path, toolserver: str, *flags: str, ids: str = FIVE) -> list[str]
     return [
         sys.executable,
         "-m",
-        "inference_utils.toolbench.run_agent",
+        "inference_utils.agent.run",
         "--queries",
         str(QUERIES),
         "--toolserver",

@@ -25,16 +25,15 @@ from pathlib import Path
 import pytest
 from conftest import SHARED, STB_ANSWERS, TOOLBENCH_EXAMPLE, read_json
 
-from inference_utils.toolbench.answers import answer_json, answer_path, write_answer
-from inference_utils.toolbench.functions import (
+from inference_utils.agent.answers import answer_json, answer_path, write_answer
+from inference_utils.agent.environment import (
     TOOL_INPUT_ERROR,
     ApiRoute,
     QueryEnv,
     api_function,
     load_tool_descriptions,
 )
-from inference_utils.toolbench.requests import Generate, PlannedCall, ToolPlan, ToolRequest
-from inference_utils.toolbench.search import (
+from inference_utils.agent.search import (
     PARALLEL_CALLS,
     Node,
     SearchResult,
@@ -44,6 +43,7 @@ from inference_utils.toolbench.search import (
     search,
     tree_json,
 )
+from inference_utils.search_requests import Generate, PlannedCall, ToolPlan, ToolRequest
 from inference_utils.tooleval.convert import convert_dir
 from process_data.protocol import DIVERSITY_PROMPT, FINISH_FUNCTION, HALLUCINATED_NAME, Observation
 from process_data.toolbench.pipeline import Options, from_answer

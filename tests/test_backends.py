@@ -87,8 +87,8 @@ def test_no_driver_names_a_backend_class() -> None:
     """The static pipeline, the agent, the judges and the simulator ask a role backend; which
     kind it is they never check (no name of a backend class in their code)."""
     drivers = [
-        "inference_utils/toolbench/infer_pipeline.py",
-        "inference_utils/toolbench/agent.py",
+        "inference_utils/static/infer.py",
+        "inference_utils/driver.py",
         "inference_utils/tooleval/judge.py",
         "inference_utils/toolserver/simulate.py",
     ]

@@ -22,7 +22,7 @@ from inference_utils.endpoints import (
     plain_roles,
     rejects_tool_roles,
 )
-from inference_utils.toolbench.steps import step_samples
+from inference_utils.static.steps import step_samples
 from process_data.protocol import MODEL_INPUT_PREFIX, OBSERVATION, format_action
 
 ROLES = ("planner", "caller", "summarizer")
@@ -56,7 +56,7 @@ def gateways(server: str):
 
 
 def pipeline(data: Path, out: Path, gates: dict[str, Gateway], *extra: str) -> list[str]:
-    cmd = [sys.executable, "-m", "inference_utils.toolbench.infer_pipeline"]
+    cmd = [sys.executable, "-m", "inference_utils.static.infer"]
     cmd += ["--data_path", str(data), "--output_dir", str(out), "--max_new_tokens", "8"]
     for role, gate in gates.items():
         cmd += [f"--{role}_endpoint", gate.url]
@@ -99,7 +99,7 @@ def test_endpoints_chain_concurrently_in_input_order(
         [
             sys.executable,
             "-m",
-            "inference_utils.toolbench.evaluate",
+            "inference_utils.static.evaluate",
             "--input_path",
             str(out / "predictions.json"),
             "--output_path",
@@ -239,7 +239,7 @@ def test_role_rejections_are_recognised() -> None:
 
 
 def test_only_some_role_endpoints_is_a_clear_error(data: Path, tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "inference_utils.toolbench.infer_pipeline"]
+    cmd = [sys.executable, "-m", "inference_utils.static.infer"]
     cmd += ["--data_path", str(data), "--output_dir", str(tmp_path / "x")]
     cmd += ["--planner_endpoint", "http://127.0.0.1:9/v1"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=os.environ)

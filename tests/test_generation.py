@@ -24,7 +24,7 @@ from inference_utils.generation import (
     generate_reusing_prefixes,
     runs,
 )
-from inference_utils.toolbench.steps import step_samples
+from inference_utils.static.steps import step_samples
 from process_data.protocol import MODEL_INPUT_PREFIX
 
 

@@ -16,9 +16,9 @@ from openai_gateway import ScriptedJudge
 from test_tooleval_win_rate import SCRIPT, setup
 from test_tooleval_win_rate import run as win_rate
 
+from inference_utils.agent.answers import answer_path
+from inference_utils.agent.run import main as run_agent_main
 from inference_utils.endpoints import Endpoint, EndpointClient, EndpointError
-from inference_utils.toolbench.answers import answer_path
-from inference_utils.toolbench.run_agent import main as run_agent_main
 from inference_utils.toolclient import ToolClient
 from inference_utils.toolserver.cache import AnswerCache, export_stb_cache
 from inference_utils.toolserver.cli import main as toolserver_main

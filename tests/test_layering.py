@@ -8,6 +8,8 @@ hidden behind a late import is found too."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import tomllib
@@ -91,7 +93,9 @@ def test_layers_import_only_downwards() -> None:
         "inference_utils.dag": ("inference_utils",),
         "inference_utils.endpoints": ("process_data.toolbench", "inference_utils.toolbench"),
         "inference_utils.generation": ("inference_utils.endpoints", "process_data.toolbench"),
-        "inference_utils.toolbench": ("inference_utils.toolserver",),
+        "inference_utils.agent": ("inference_utils.toolserver",),
+        "inference_utils.static": ("inference_utils.toolserver", "inference_utils.agent"),
+        "inference_utils.driver": ("inference_utils.agent", "inference_utils.static"),
     }
     wrong = [
         f"{module} -> {target}"
@@ -104,9 +108,36 @@ def test_layers_import_only_downwards() -> None:
     assert not wrong, "imports against the layers: " + ", ".join(wrong)
 
 
+#: The earlier paths of the commands: each imports its command, and nothing else does.
+OLD_PATHS = {
+    "inference_utils.toolbench.infer_pipeline": "inference_utils.static.infer",
+    "inference_utils.toolbench.evaluate": "inference_utils.static.evaluate",
+    "inference_utils.toolbench.run_agent": "inference_utils.agent.run",
+}
+
+
+def test_the_earlier_command_paths_run_their_commands() -> None:
+    """``python -m inference_utils.toolbench.<command>`` (the paths of earlier releases, in
+    users' scripts) runs the command: its help is the command's."""
+    for old, new in OLD_PATHS.items():
+        helps = [
+            subprocess.run(
+                [sys.executable, "-m", module, "--help"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=REPO,
+                check=True,
+            ).stdout
+            for module in (old, new)
+        ]
+        assert helps[0] == helps[1] and "usage:" in helps[0], old
+
+
 def test_no_module_imports_a_command() -> None:
     """What two commands share lives in a module of its own (the role flags, ToolEval's
-    answer status), not in one of the commands."""
+    answer status), not in one of the commands. The earlier command paths in
+    ``inference_utils.toolbench`` import only their command."""
     with open(REPO / "pyproject.toml", "rb") as fh:
         scripts = tomllib.load(fh)["project"]["scripts"].values()
     commands = {target.split(":")[0] for target in scripts}
@@ -114,7 +145,9 @@ def test_no_module_imports_a_command() -> None:
         f"{module} -> {target}"
         for module, targets in import_graph().items()
         for target in targets & commands
-        if module != target.rsplit(".", 1)[0] + ".__main__" and module != target + ".__main__"
+        if module != target.rsplit(".", 1)[0] + ".__main__"
+        and module != target + ".__main__"
+        and OLD_PATHS.get(module) != target
     ]
     assert not wrong, "modules that import a command: " + ", ".join(wrong)
 

@@ -108,7 +108,7 @@ def _random_planner_output(rng: random.Random) -> str:
 def test_router_and_metrics_read_the_same_decision(seed: int) -> None:
     """What the pipeline routes a planner output to is what the metrics score it as, as long
     as the caller's or summarizer's text holds no marker of its own."""
-    from inference_utils.toolbench.infer_pipeline import step_search
+    from inference_utils.static.infer import step_search
 
     rng = random.Random(seed)
     for _ in range(20):

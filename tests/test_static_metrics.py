@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import ALPHA_UMI, read_json
 
-from inference_utils.toolbench.evaluate import main
-from inference_utils.toolbench.metrics import aggregate, evaluate, rouge_l, score_step
+from inference_utils.static.evaluate import main
+from inference_utils.static.metrics import aggregate, evaluate, rouge_l, score_step
 from process_data.protocol import (
     format_action,
     format_plan,
@@ -117,7 +117,7 @@ def test_breakdown_marks_metrics_that_do_not_apply() -> None:
 
 def test_step_samples_are_alpha_umis(shared) -> None:
     """Each sample's planner prompt and reference is one of α-UMi's (it reorders them)."""
-    from inference_utils.toolbench.steps import step_samples
+    from inference_utils.static.steps import step_samples
 
     samples = list(step_samples(read_json(STATIC / "out_of_domain_dev.json")))
     theirs = read_json(STATIC / "predictions_dev.json")

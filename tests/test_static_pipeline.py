@@ -11,9 +11,9 @@ import pytest
 from conftest import ALPHA_UMI, REPO, kill_when, read_json, read_jsonl
 
 from inference_utils.backends import generate_texts
-from inference_utils.toolbench.infer_pipeline import backbone_prediction
-from inference_utils.toolbench.metrics import evaluate
-from inference_utils.toolbench.steps import step_samples
+from inference_utils.static.infer import backbone_prediction
+from inference_utils.static.metrics import evaluate
+from inference_utils.static.steps import step_samples
 from process_data.protocol import ASSISTANT, MODEL_INPUT_PREFIX, USER, prompt_suffix, render_turn
 from process_data.toolbench.roles import build_role_steps
 
@@ -25,7 +25,7 @@ def pipeline(out: Path, *extra: str, n: int = 24) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "inference_utils.toolbench.infer_pipeline",
+        "inference_utils.static.infer",
         "--data_path",
         str(DEV),
         "--output_dir",
@@ -75,7 +75,7 @@ def test_multi_llm_chain_keeps_input_order_and_alpha_umi_fields(tmp_path: Path, 
             )
     lines = read_jsonl(out / "predictions.jsonl")
     assert [x["index"] for x in lines] == list(range(24))
-    from inference_utils.toolbench.evaluate import main as evaluate
+    from inference_utils.static.evaluate import main as evaluate
 
     assert (
         evaluate(
@@ -140,7 +140,7 @@ def test_single_llm_mode_is_scored_by_the_same_evaluator(tmp_path: Path, shared)
     assert len(predictions) == 8
     for p in predictions:  # the prediction is the backbone's own output, converted
         assert p["predictions"] == backbone_prediction(p["backbone_output"])
-    from inference_utils.toolbench.evaluate import main as evaluate
+    from inference_utils.static.evaluate import main as evaluate
 
     assert (
         evaluate(
@@ -254,7 +254,7 @@ class ScriptedRoles:
 def test_steps_run_on_the_driver_as_one_batch_per_role(shared) -> None:
     """α-UMi's pipeline asks each role once for all the steps that need it; a role that
     fails fails its own steps only, and the others keep their predictions."""
-    from inference_utils.toolbench.infer_pipeline import run_steps
+    from inference_utils.static.infer import run_steps
     from process_data.jsonio import iter_json_array
 
     records = [r for _, r in zip(range(3), iter_json_array(DEV), strict=False)]

@@ -55,7 +55,12 @@ from inference_utils.tooleval.answer_status import (
     tool_names,
 )
 from inference_utils.tooleval.judge import Judge, RubricError
-from inference_utils.tooleval.judges import add_judge_flags, build_judge, judge_all, judge_failed
+from inference_utils.tooleval.judge_flags import (
+    add_judge_flags,
+    build_judge,
+    judge_all,
+    judge_failed,
+)
 from process_data.jsonio import write_json_atomic
 
 PASSED, FAILED = "passed", "failed"

@@ -1,8 +1,10 @@
-"""The driver of the real-time agent: many queries' searches at once.
+"""The one driver: many searches at once, on one task graph.
 
-A query's search is a generator that yields requests (:mod:`inference_utils.toolbench.requests`)
-and is sent their results; its return value is the search result. :func:`run_searches` keeps
-up to ``concurrency`` of them active and answers their requests:
+A search is a generator that yields requests (:mod:`inference_utils.search_requests`) and is
+sent their results; its return value is the search result. A real-time agent's query is a
+search (ToolBench's CoT or DFSDT), and so is a static step (the planner, then the role it
+routes to). :func:`run_searches` keeps up to ``concurrency`` of them active and answers
+their requests:
 
 * ``Generate`` with a batched role backend (local models; :mod:`inference_utils.backends`):
   in rounds. A round first runs the tool calls of the active queries until each waits on a model
@@ -41,7 +43,7 @@ from typing import Any
 
 from inference_utils.backends import RoleBackend
 from inference_utils.dag import PlanError, PlanRunner, TaskGraph, ToolCall, error_observation
-from inference_utils.toolbench.requests import Generate, ToolPlan, ToolRequest
+from inference_utils.search_requests import Generate, ToolPlan, ToolRequest
 from inference_utils.toolclient import ToolClient
 from process_data.protocol import REQUEST_FAILED, ROLES, Observation
 

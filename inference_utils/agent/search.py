@@ -7,14 +7,14 @@ diversity prompt is shown once and then kept in the history marked ``"valid": Fa
 last model output before the call cap is dropped, and ``to_json`` writes ``is_terminal`` as
 false.
 
-Each search is a generator (see :mod:`inference_utils.toolbench.requests`): it yields the
+Each search is a generator (see :mod:`inference_utils.search_requests`): it yields the
 policy's :class:`Generate` requests and the environment's :class:`ToolRequest` requests, is
 sent their results, and returns a :class:`SearchResult`. Where ToolBench calls
 ``llm.parse(functions)`` it runs ``yield from policy.decide(messages, functions)``, with the
 messages the model sees (those marked invalid left out, as ToolBench's ChatGPT client leaves
 them out); where it calls ``io_func.step`` it runs ``yield from env.step(name, arguments)``, or,
 for a message holding several calls (:data:`PARALLEL_CALLS`), ``env.step_plan``, which yields
-one :class:`~inference_utils.toolbench.requests.ToolPlan` for all of them.
+one :class:`~inference_utils.search_requests.ToolPlan` for all of them.
 
 The LLM calls of a query are the :class:`Generate` requests yielded, so a multi-LLM policy
 counts two per step. A DFS stops at ``max_query_count`` calls: a policy that would go past it
@@ -31,8 +31,8 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from inference_utils.toolbench.functions import FINAL_ANSWER, GIVE_UP, NO_SUCH_FUNCTION, QueryEnv
-from inference_utils.toolbench.requests import Generate, Request
+from inference_utils.agent.environment import FINAL_ANSWER, GIVE_UP, NO_SUCH_FUNCTION, QueryEnv
+from inference_utils.search_requests import Generate, Request
 from process_data.protocol import (
     ACTION_INPUT_NODE,
     ACTION_NODE,

@@ -17,7 +17,7 @@ import random
 import tempfile
 from pathlib import Path
 
-from inference_utils.toolbench.search import SearchResult, tree_json
+from inference_utils.agent.search import SearchResult, tree_json
 from process_data.protocol import GIVE_ANSWER, GIVE_UP, file_name_part
 
 

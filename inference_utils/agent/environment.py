@@ -4,11 +4,11 @@ From a query (``query``, ``api_list``) it builds the OpenAI functions the agent 
 (``<api>_for_<tool>``, ToolBench's descriptions and parameters, plus ``Finish``) and the system
 and user messages that start every search. :meth:`QueryEnv.step` runs one function call the
 way ToolBench's ``step`` does, as a generator: a real API call yields one
-:class:`~inference_utils.toolbench.requests.ToolRequest` and is sent the
+:class:`~inference_utils.search_requests.ToolRequest` and is sent the
 :class:`~inference_utils.toolclient.Observation`; ``Finish``, unknown names and arguments that
 are not JSON are answered here, with ToolBench's texts and status codes.
 :meth:`QueryEnv.step_plan` runs several calls of one model output as one
-:class:`~inference_utils.toolbench.requests.ToolPlan` (``--parallel_calls``, an extension
+:class:`~inference_utils.search_requests.ToolPlan` (``--parallel_calls``, an extension
 beyond ToolBench), each answered as ``step`` answers it. The answer files,
 ToolEval and the training data all read these texts, so they are reproduced exactly.
 
@@ -32,7 +32,7 @@ from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference_utils.toolbench.requests import PlannedCall, ToolPlan, ToolRequest
+from inference_utils.search_requests import PlannedCall, ToolPlan, ToolRequest
 from process_data.protocol import (
     FINISH,
     FINISH_FUNCTION,
@@ -273,7 +273,7 @@ class QueryEnv:
     def _request(self, name: str, arguments: str) -> ToolRequest | tuple[str, int]:
         """The request a call makes, or the answer of a call that makes none."""
         if name == FINISH:
-            return finish(arguments)
+            return finish_observation(arguments)
         route = self._route(name)
         if route is None:
             text = observation_json(f"No such function name: {name}", "")
@@ -303,7 +303,7 @@ def observed(observation: Observation) -> tuple[str, int]:
     return observation.text, observation.status
 
 
-def finish(arguments: str) -> tuple[str, int]:
+def finish_observation(arguments: str) -> tuple[str, int]:
     """ToolBench's ``Finish``: the observation and status of its arguments. Arguments that
     are read by :func:`process_data.protocol.read_finish`, as there."""
     data = read_finish(arguments)

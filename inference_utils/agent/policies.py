@@ -6,7 +6,7 @@ A search holds ToolBench's OpenAI-style messages (system, user, assistant with a
     {"role": "assistant", "content": thought or None,
      "function_call": {"name": ..., "arguments": ...}}
 
-as a generator that yields :class:`~inference_utils.toolbench.requests.Generate` requests and
+as a generator that yields :class:`~inference_utils.search_requests.Generate` requests and
 is sent the generated texts, so that one policy serves local models, endpoints and scripted
 tests alike.
 
@@ -24,9 +24,9 @@ from __future__ import annotations
 import json
 from collections.abc import Generator, Hashable
 
+from inference_utils.agent.search import PARALLEL_CALLS
 from inference_utils.routing import route
-from inference_utils.toolbench.requests import Generate
-from inference_utils.toolbench.search import PARALLEL_CALLS
+from inference_utils.search_requests import Generate
 from process_data.protocol import (
     ASSISTANT,
     FINISH,
@@ -79,7 +79,7 @@ def call_message(thought: str | None, call_text: str | None, parallel: bool = Fa
 
     With ``parallel``, a text holding several actions (read by ``parse_actions``), none of
     them ``Finish``, makes the message of its first action with every action (the first
-    too) under the key :data:`~inference_utils.toolbench.search.PARALLEL_CALLS`, for the
+    too) under the key :data:`~inference_utils.agent.search.PARALLEL_CALLS`, for the
     search to run as one plan; any other text is read as without ``parallel``.
     """
     if parallel and call_text is not None:
