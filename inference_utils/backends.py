@@ -36,9 +36,38 @@ from process_data.protocol import json_object
 
 
 @dataclass(frozen=True)
+class Decoding:
+    """Decoding settings of one request, over the backend's own (``None``: the backend's).
+    ``temperature`` 0 is greedy. The output ends before the first of the ``stop`` strings
+    (an LLMCompiler planner stops at its end-of-plan marker)."""
+
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
+        if self.temperature is not None and self.temperature < 0:
+            raise ValueError(f"temperature must not be negative, not {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
+        if any(not s for s in self.stop):
+            raise ValueError("a stop string must not be empty")
+
+    def cut(self, text: str) -> str:
+        """``text`` up to the first stop string (what a server that honours ``stop``
+        returns)."""
+        ends = [i for i in (text.find(s) for s in self.stop) if i != -1]
+        return text[: min(ends)] if ends else text
+
+
+@dataclass(frozen=True)
 class ModelRequest:
     """One model call. ``session`` (a query's, say) lets a local backend reuse the KV cache
-    of that session's previous prompt for the same role."""
+    of that session's previous prompt for the same role; ``decoding`` overrides the
+    backend's decoding settings for this request."""
 
     prompt: str | None = None
     messages: tuple[dict, ...] | None = None
@@ -46,6 +75,7 @@ class ModelRequest:
     function: dict | None = None
     json_mode: bool = False
     session: Hashable = None
+    decoding: Decoding | None = None
 
     def __post_init__(self) -> None:
         if self.prompt is None and self.messages is None:
@@ -74,6 +104,28 @@ class ModelResult:
         if self.tool_calls:
             return json_object(self.tool_calls[0]["arguments"])
         return json_object(self.text)
+
+
+def cut_stream(pieces: Iterable[str], stop: Sequence[str]) -> Iterator[str]:
+    """Streamed text up to the first stop string, whatever the chunking: text that might be
+    the start of a stop string is held back until the next piece tells."""
+    if not stop:
+        yield from pieces
+        return
+    hold = max(len(s) for s in stop) - 1
+    buffer = ""
+    for piece in pieces:
+        buffer += piece
+        ends = [i for i in (buffer.find(s) for s in stop) if i != -1]
+        if ends:
+            if min(ends):
+                yield buffer[: min(ends)]
+            return
+        if len(buffer) > hold:
+            yield buffer[: len(buffer) - hold]
+            buffer = buffer[len(buffer) - hold :]
+    if buffer:
+        yield buffer
 
 
 def generate_texts(

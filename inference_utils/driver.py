@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Generator, Hashable, Iterable, Mapping
+from collections.abc import Callable, Generator, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from inference_utils.backends import RoleBackend
+from inference_utils.backends import ModelResult, RoleBackend
 from inference_utils.dag import PlanError, PlanRunner, TaskGraph, ToolCall, error_observation
 from inference_utils.search_requests import Generate, ToolPlan, ToolRequest
 from inference_utils.toolclient import ToolClient
@@ -75,13 +75,19 @@ class RunStats:
     failed: int = 0
     seconds: float = 0.0
     llm_calls_by_role: dict[str, int] = field(default_factory=dict)
+    # the prompt and completion tokens of the LLM calls, as the backends count them (an
+    # endpoint that reports no usage adds nothing)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
     # local models: prompt tokens computed, and those taken from a query's earlier KV cache
     prefilled_tokens: int | None = None
     reused_tokens: int | None = None
 
-    def count_llm(self, role: str, n: int = 1) -> None:
-        self.llm_calls += n
-        self.llm_calls_by_role[role] = self.llm_calls_by_role.get(role, 0) + n
+    def count_llm(self, role: str, results: Sequence[ModelResult]) -> None:
+        self.llm_calls += len(results)
+        self.llm_calls_by_role[role] = self.llm_calls_by_role.get(role, 0) + len(results)
+        self.prompt_tokens += sum(r.prompt_tokens or 0 for r in results)
+        self.completion_tokens += sum(r.completion_tokens or 0 for r in results)
 
 
 class SearchFailed(RuntimeError):
@@ -281,9 +287,9 @@ class _Driver:
         self.active.stats.tool_calls += _calls_in(self.active.waiting[key])
         self.after([key] if self.active.send(key, result) else [])
 
-    def generated(self, key: Hashable, text: str) -> None:
-        self.active.stats.count_llm(self.active.waiting[key].role)
-        self.after([key] if self.active.send(key, text) else [])
+    def generated(self, key: Hashable, result: ModelResult) -> None:
+        self.active.stats.count_llm(self.active.waiting[key].role, [result])
+        self.after([key] if self.active.send(key, result.text) else [])
 
     def threw(self, key: Hashable, error: BaseException) -> None:
         self.after([key] if self.active.throw(key, error) else [])
@@ -321,16 +327,19 @@ class _Driver:
         self.active.stats.model_calls += 1
         self.graph.add(
             (MODELS_LANE, next(self.tasks)),
-            lambda: [result.text for result in self.llm.generate(role, requests)],
+            partial(self.llm.generate, role, requests),
             lane=MODELS_LANE,
             on_done=partial(self.batch_done, role, keys),
             on_error=partial(self.batch_failed, keys),
         )
 
-    def batch_done(self, role: str, keys: list[Hashable], texts: list[str]) -> None:
+    def batch_done(self, role: str, keys: list[Hashable], results: list[ModelResult]) -> None:
         self.batch = False
-        self.active.stats.count_llm(role, len(keys))
-        self.after([k for k, t in zip(keys, texts, strict=True) if self.active.send(k, t)])
+        if len(results) != len(keys):
+            self.batch_failed(keys, ValueError(f"{len(results)} outputs for {len(keys)} prompts"))
+            return
+        self.active.stats.count_llm(role, results)
+        self.after([k for k, r in zip(keys, results, strict=True) if self.active.send(k, r.text)])
 
     def batch_failed(self, keys: list[Hashable], error: BaseException) -> None:
         self.batch = False
@@ -341,10 +350,10 @@ def _role_of(request: Any) -> str | None:
     return request.role if isinstance(request, Generate) else None
 
 
-def _ask(backend: RoleBackend, request: Generate) -> str:
+def _ask(backend: RoleBackend, request: Generate) -> ModelResult:
     """A role's output for one request (the backend picks the prompt or the messages it
     speaks, and cleans the output as the static pipeline does)."""
-    return backend.generate(request.role, [request.model_request()])[0].text
+    return backend.generate(request.role, [request.model_request()])[0]
 
 
 def _no_tools(request: ToolWork) -> None:

@@ -19,19 +19,18 @@ import re
 import threading
 import time
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
 
 from inference_utils import bounded_http
-from inference_utils.backends import ModelRequest, ModelResult
+from inference_utils.backends import Decoding, ModelRequest, ModelResult, cut_stream
 from process_data.protocol import (
     MODEL_INPUT_PREFIX,
     ask_for_json,
     assistant_text,
     clean_output,
-    json_object,
     plain_roles,
 )
 
@@ -171,25 +170,48 @@ class EndpointClient:
                 self._model = listed[0]["id"]
             return self._model
 
-    def complete(self, prompt: str) -> str:
-        """The completion of an α-UMi text prompt (``"system: "`` prefixed, as in training)."""
-        body = {"model": self.model, "prompt": MODEL_INPUT_PREFIX + prompt, **self.sampling}
+    def _sampling(self, decoding: Decoding | None) -> dict[str, Any]:
+        """The sampling fields of a request body: the client's, under a request's own."""
+        sampling = dict(self.sampling)
+        if decoding is not None:
+            for field_name, value in (
+                ("max_tokens", decoding.max_new_tokens),
+                ("temperature", decoding.temperature),
+                ("top_p", decoding.top_p),
+            ):
+                if value is not None:
+                    sampling[field_name] = value
+            if decoding.stop:
+                sampling["stop"] = list(decoding.stop)
+        return sampling
+
+    def complete(self, prompt: str, decoding: Decoding | None = None) -> ModelResult:
+        """The completion of an α-UMi text prompt (``"system: "`` prefixed, as in training),
+        as the server wrote it, with the token counts it reports."""
+        body = {
+            "model": self.model,
+            "prompt": MODEL_INPUT_PREFIX + prompt,
+            **self._sampling(decoding),
+        }
         answer = self._request("POST", "/completions", body)
-        return _first_choice(answer, self.endpoint.url)["text"]
+        text = _first_choice(answer, self.endpoint.url)["text"]
+        return _result(text, answer, decoding=decoding)
 
     def chat(
         self,
         messages: Sequence[dict],
         tools: Sequence[dict] | None = None,
         response_format: dict | None = None,
-    ) -> str:
-        """The answer to chat messages, as text (tool calls in the caller's format).
+        decoding: Decoding | None = None,
+    ) -> ModelResult:
+        """The answer to chat messages: its text (tool calls in the caller's format), its
+        tool calls, and the token counts the server reports.
 
         ``response_format`` (e.g. ``{"type": "json_object"}``) is sent while the server takes
         it; a server that answers it with a 4xx naming the field is asked again without it,
         for the rest of the run."""
         plain = self.plain_roles  # read once: other threads may set it meanwhile
-        body: dict[str, Any] = {"model": self.model, **self.sampling}
+        body: dict[str, Any] = {"model": self.model, **self._sampling(decoding)}
         if tools and not plain:
             body["tools"] = list(tools)
         json_mode = response_format is not None and self.json_mode
@@ -206,24 +228,31 @@ class EndpointClient:
             )
         except _RoleRejected:
             self.plain_roles = True
-            return self.chat(messages, tools, response_format)
+            return self.chat(messages, tools, response_format, decoding)
         except _FormatRejected:
             self.json_mode = False
-            return self.chat(messages, tools, response_format)
-        return assistant_text(_first_choice(answer, self.endpoint.url)["message"])
+            return self.chat(messages, tools, response_format, decoding)
+        message = _first_choice(answer, self.endpoint.url)["message"]
+        calls = tuple(
+            {"name": c["function"]["name"], "arguments": c["function"].get("arguments") or "{}"}
+            for c in message.get("tool_calls") or ()
+        )
+        return _result(assistant_text(message), answer, calls, decoding)
 
-    def call_function(self, messages: Sequence[dict], function: dict) -> dict:
-        """The arguments the model gives ``function`` (an OpenAI function schema), as a dict.
+    def call_function(
+        self, messages: Sequence[dict], function: dict, decoding: Decoding | None = None
+    ) -> ModelResult:
+        """The model's call of ``function`` (an OpenAI function schema): a result whose
+        :meth:`~inference_utils.backends.ModelResult.arguments` are the arguments it gives.
 
         The call is forced with ``tool_choice`` while the server does tool calling. A server
         that refuses the tools (a 4xx naming them) or answers without a tool call is asked,
         from then on, for the arguments as a JSON object in text: the schema goes into the
-        last message, in JSON mode where the server takes it. Raises ValueError when the
-        answer holds no JSON object."""
+        last message, in JSON mode where the server takes it."""
         if self.tool_calling:
             body: dict[str, Any] = {
                 "model": self.model,
-                **self.sampling,
+                **self._sampling(decoding),
                 "messages": list(messages),
             }
             body["tools"] = [{"type": "function", "function": function}]
@@ -235,32 +264,40 @@ class EndpointClient:
             else:
                 calls = _first_choice(answer, self.endpoint.url)["message"].get("tool_calls")
                 if calls:
-                    return json_object(calls[0]["function"]["arguments"])
+                    call = calls[0]["function"]
+                    arguments = call.get("arguments") or "{}"
+                    return _result("", answer, ({"name": call["name"], "arguments": arguments},))
                 self.tool_calling = False
-        text = self.chat(ask_for_json(messages, function), response_format={"type": "json_object"})
-        return json_object(text)
+        asked = ask_for_json(messages, function)
+        return self.chat(asked, response_format={"type": "json_object"}, decoding=decoding)
 
-    def stream_complete(self, prompt: str) -> Iterator[str]:
-        """The completion of an α-UMi text prompt, piece by piece as the server sends it."""
-        body = {"model": self.model, "prompt": MODEL_INPUT_PREFIX + prompt, **self.sampling}
-        for choice in self._stream("/completions", body):
-            if choice.get("text"):
-                yield choice["text"]
+    def stream_complete(self, prompt: str, decoding: Decoding | None = None) -> Iterator[str]:
+        """The completion of an α-UMi text prompt, piece by piece as the server sends it
+        (ending before a stop string, whatever the server does with it)."""
+        body = {
+            "model": self.model,
+            "prompt": MODEL_INPUT_PREFIX + prompt,
+            **self._sampling(decoding),
+        }
+        pieces = (c["text"] for c in self._stream("/completions", body) if c.get("text"))
+        yield from cut_stream(pieces, decoding.stop if decoding else ())
 
     def stream_chat(
-        self, messages: Sequence[dict], tools: Sequence[dict] | None = None
+        self,
+        messages: Sequence[dict],
+        tools: Sequence[dict] | None = None,
+        decoding: Decoding | None = None,
     ) -> Iterator[str]:
         """The answer's text, piece by piece as the server sends it (tool messages as text
-        for a server known to refuse them)."""
+        for a server known to refuse them; ending before a stop string)."""
         plain = self.plain_roles
-        body: dict[str, Any] = {"model": self.model, **self.sampling}
+        body: dict[str, Any] = {"model": self.model, **self._sampling(decoding)}
         if tools and not plain:
             body["tools"] = list(tools)
         body["messages"] = plain_roles(messages) if plain else list(messages)
-        for choice in self._stream("/chat/completions", body):
-            text = (choice.get("delta") or {}).get("content")
-            if text:
-                yield text
+        chunks = self._stream("/chat/completions", body)
+        pieces = (t for c in chunks if (t := (c.get("delta") or {}).get("content")))
+        yield from cut_stream(pieces, decoding.stop if decoding else ())
 
     def _stream(self, path: str, body: dict) -> Iterator[dict]:
         """Each streamed chunk's first choice (server-sent events, ``stream: true``). A
@@ -404,6 +441,18 @@ def _retry_after(response: httpx.Response) -> float:
         return 0.0
 
 
+def _result(
+    text: str, answer: dict, calls: tuple[dict, ...] = (), decoding: Decoding | None = None
+) -> ModelResult:
+    """A result with the token counts of the answer's ``usage`` (``None`` where the server
+    reports none); the text ends before a stop string even where the server ignores it."""
+    usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+    counts = [usage.get(k) for k in ("prompt_tokens", "completion_tokens")]
+    counts = [n if isinstance(n, int) and not isinstance(n, bool) else None for n in counts]
+    text = decoding.cut(text) if decoding is not None else text
+    return ModelResult(text, calls, *counts)
+
+
 def _first_choice(answer: dict, url: str) -> dict:
     choices = answer.get("choices") or []
     if not choices:
@@ -433,22 +482,23 @@ class EndpointBackend:
         return [self._one(client, role, request) for request in requests]
 
     def _one(self, client: EndpointClient, role: str, request: ModelRequest) -> ModelResult:
+        decoding = request.decoding
         if request.function is not None:
             messages = self._messages(client, role, request)
-            arguments = client.call_function(messages, request.function)
-            call = {"name": request.function["name"], "arguments": json.dumps(arguments)}
-            return ModelResult("", (call,))
+            return client.call_function(messages, request.function, decoding)
         if request.json_mode:
             messages = self._messages(client, role, request)
-            return ModelResult(client.chat(messages, response_format={"type": "json_object"}))
+            json_format = {"type": "json_object"}
+            return client.chat(messages, response_format=json_format, decoding=decoding)
         if client.endpoint.api == "chat":
             messages = self._messages(client, role, request)
-            text = client.chat(messages, list(request.tools) if request.tools else None)
+            tools = list(request.tools) if request.tools else None
+            result = client.chat(messages, tools, decoding=decoding)
         else:
             if request.prompt is None:
                 raise ValueError(f"the {role} endpoint speaks completions: give a prompt")
-            text = client.complete(request.prompt)
-        return ModelResult(clean_output(text))
+            result = client.complete(request.prompt, decoding)
+        return replace(result, text=clean_output(result.text))
 
     @staticmethod
     def _messages(client: EndpointClient, role: str, request: ModelRequest) -> list[dict]:
@@ -461,11 +511,12 @@ class EndpointBackend:
         client = self.client(role)
         if client.endpoint.api == "chat":
             tools = list(request.tools) if request.tools else None
-            yield from client.stream_chat(self._messages(client, role, request), tools)
+            messages = self._messages(client, role, request)
+            yield from client.stream_chat(messages, tools, request.decoding)
         elif request.prompt is None:
             raise ValueError(f"the {role} endpoint speaks completions: give a prompt")
         else:
-            yield from client.stream_complete(request.prompt)
+            yield from client.stream_complete(request.prompt, request.decoding)
 
     def release(self, sessions: Iterable[Hashable]) -> None:
         """Endpoints keep no sessions."""

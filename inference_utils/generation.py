@@ -38,14 +38,14 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from GLPFT.data import fit
 from GLPFT.models import resolve_model
-from inference_utils.backends import ModelRequest, ModelResult
+from inference_utils.backends import Decoding, ModelRequest, ModelResult, cut_stream
 from process_data.protocol import MODEL_INPUT_PREFIX, ask_for_json, clean_output
 
 
@@ -63,6 +63,22 @@ class GenerationSettings:
     dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     max_sessions: int = 256  # KV caches kept between calls, one per (role, session)
     max_session_bytes: int = 4 * 2**30  # and the memory they may hold together
+    stop: tuple[str, ...] = ()  # generation of a row ends once its text holds one of these
+
+    def with_decoding(self, decoding: Decoding | None) -> GenerationSettings:
+        """These settings under a request's own (temperature 0: greedy)."""
+        if decoding is None:
+            return self
+        changes: dict[str, Any] = {"stop": decoding.stop}
+        if decoding.max_new_tokens is not None:
+            changes["max_new_tokens"] = decoding.max_new_tokens
+        if decoding.temperature is not None:
+            changes["do_sample"] = decoding.temperature > 0
+            if decoding.temperature > 0:
+                changes["temperature"] = decoding.temperature
+        if decoding.top_p is not None:
+            changes["top_p"] = decoding.top_p
+        return replace(self, **changes)
 
 
 @dataclass
@@ -190,6 +206,7 @@ def _decoding(settings: GenerationSettings, tokenizer: Any, pad: int) -> dict[st
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": pad,
         "use_cache": True,
+        **({"stop_strings": list(settings.stop), "tokenizer": tokenizer} if settings.stop else {}),
     }
 
 
@@ -442,12 +459,27 @@ class _LocalBackend:
             model, tokenizer = self._model_for(role)
             ids = [self._prompt_ids(tokenizer, r) for r in requests]
             sessions = [None if r.session is None else (role, r.session) for r in requests]
-            new = generate_ids(
-                model, tokenizer, ids, self.settings, sessions, self.sessions, self.stats
-            )
+            new: list[list[int]] = [[] for _ in requests]
+            groups: dict[Decoding | None, list[int]] = {}
+            for i, request in enumerate(requests):  # one generation per decoding setting
+                groups.setdefault(request.decoding, []).append(i)
+            for decoding, members in groups.items():
+                outs = generate_ids(
+                    model,
+                    tokenizer,
+                    [ids[i] for i in members],
+                    self.settings.with_decoding(decoding),
+                    [sessions[i] for i in members],
+                    self.sessions,
+                    self.stats,
+                )
+                for i, out in zip(members, outs, strict=True):
+                    new[i] = out
         results = []
         for request, prompt, out in zip(requests, ids, new, strict=True):
             text = tokenizer.decode(out, skip_special_tokens=True)
+            if request.decoding is not None:
+                text = request.decoding.cut(text)
             text = text if request.raw else clean_output(text)
             results.append(ModelResult(text, (), len(prompt), len(out)))
         return results
@@ -464,9 +496,10 @@ class _LocalBackend:
             ids = self._prompt_ids(tokenizer, request)
             streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
             device = next(model.parameters()).device
-            decoding = _decoding(self.settings, tokenizer, _pad_id(tokenizer))
-            if self.settings.do_sample:
-                torch.manual_seed(self.settings.seed)
+            settings = self.settings.with_decoding(request.decoding)
+            decoding = _decoding(settings, tokenizer, _pad_id(tokenizer))
+            if settings.do_sample:
+                torch.manual_seed(settings.seed)
             failure: list[BaseException] = []
 
             def run() -> None:
@@ -485,8 +518,8 @@ class _LocalBackend:
             worker = threading.Thread(target=run, name="local-stream", daemon=True)
             worker.start()
             try:
-                yield from streamer
-            finally:
+                yield from cut_stream(streamer, settings.stop)
+            finally:  # the streamer's queue is unbounded: the generation ends on its own
                 worker.join()
             if failure:
                 raise failure[0]

@@ -173,6 +173,8 @@ def test_rounds_batch_each_role_across_queries(tiny_models: HFModels) -> None:
     assert sorted(done) == list(range(5))
     assert stats.finished == 5 and stats.failed == 0
     assert stats.llm_calls == 5 * 2 * 2 and stats.tool_calls == 5 * 2
+    assert 0 < stats.completion_tokens <= 4 * stats.llm_calls  # max_new_tokens=4
+    assert stats.prompt_tokens > 10 * stats.llm_calls
     # each generate call serves every query waiting on its role, in the queries' order
     assert [len(prompts) for _, prompts in recorder.calls][:2] == [3, 3]
     assert all(len(prompts) <= 3 for _, prompts in recorder.calls)

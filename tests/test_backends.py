@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import ast
 import time
+from dataclasses import replace
 
 import pytest
 from conftest import REPO, TINY_LLAMA
 
-from inference_utils.backends import ModelRequest, ModelResult
+from inference_utils.backends import Decoding, ModelRequest, ModelResult, cut_stream
 from inference_utils.endpoints import Endpoint, EndpointBackend, EndpointClient
 from inference_utils.generation import GenerationSettings, HFModels
 from process_data.protocol import clean_output
@@ -79,6 +80,68 @@ def test_an_endpoint_streams_what_it_generates(llama_server: str) -> None:
             backend.generate("caller", [request])
         with pytest.raises(KeyError, match="no endpoint for role 'summarizer'"):
             backend.generate("summarizer", [request])
+    finally:
+        backend.close()
+
+
+def test_a_stream_is_cut_at_a_stop_string_whatever_the_chunking() -> None:
+    text = "1. search(x)\n2. join()\n<END_OF_PLAN>\n3. never(y)"
+    for size in (1, 2, 3, 5, 13, len(text)):
+        pieces = [text[i : i + size] for i in range(0, len(text), size)]
+        out = list(cut_stream(pieces, ("<END_OF_PLAN>",)))
+        assert "".join(out) == "1. search(x)\n2. join()\n", size
+        assert all(out)  # no empty piece
+    assert "".join(cut_stream(["ab", "c"], ("zz", "bc"))) == "a"
+    assert "".join(cut_stream(["abc"], ())) == "abc"
+    assert Decoding(stop=("X", "Y")).cut("aYbXc") == "a"
+    for bad in (dict(max_new_tokens=0), dict(temperature=-1), dict(top_p=0), dict(stop=("",))):
+        with pytest.raises(ValueError):
+            Decoding(**bad)
+
+
+def test_a_requests_decoding_overrides_the_local_settings(local: HFModels) -> None:
+    """Each request decodes with its own settings (several settings in one batch), and its
+    output ends before its stop string."""
+    free = local.generate("planner", [ModelRequest(prompt=p) for p in PROMPTS])
+    short = Decoding(max_new_tokens=2)
+    stop_at = free[1].text[2:4]  # a string the free output holds
+    stopped = Decoding(stop=(stop_at,))
+    mixed = local.generate(
+        "planner",
+        [
+            ModelRequest(prompt=PROMPTS[0], decoding=short),
+            ModelRequest(prompt=PROMPTS[1], decoding=stopped),
+            ModelRequest(prompt=PROMPTS[2]),
+        ],
+    )
+    assert mixed[0].completion_tokens == 2 and free[0].text.startswith(mixed[0].text.strip())
+    assert stop_at not in mixed[1].text and free[1].text.startswith(mixed[1].text)
+    assert mixed[1].completion_tokens < free[1].completion_tokens  # it stopped early
+    assert mixed[2] == free[2]
+    streamed = "".join(local.stream("planner", ModelRequest(prompt=PROMPTS[1], decoding=stopped)))
+    assert clean_output(streamed) == mixed[1].text
+
+
+def test_an_endpoint_reports_token_counts_and_takes_a_requests_decoding(
+    llama_server: str,
+) -> None:
+    client = EndpointClient(Endpoint(llama_server), max_new_tokens=12)
+    chat = EndpointClient(Endpoint(llama_server, api="chat"), max_new_tokens=12)
+    backend = EndpointBackend({"planner": client, "caller": chat})
+    try:
+        for role, request in (
+            ("planner", ModelRequest(prompt=PROMPTS[0])),
+            ("caller", ModelRequest(messages=({"role": "user", "content": "Count to ten."},))),
+        ):
+            free = backend.generate(role, [request])[0]
+            assert free.prompt_tokens > 0 and 0 < free.completion_tokens <= 12
+            short = replace(request, decoding=Decoding(max_new_tokens=3))
+            assert backend.generate(role, [short])[0].completion_tokens <= 3
+            stop_at = free.text.strip()[1:3]
+            stopped = replace(request, decoding=Decoding(stop=(stop_at,)))
+            text = backend.generate(role, [stopped])[0].text
+            assert stop_at not in text and free.text.startswith(text.strip() or free.text[:0])
+            assert stop_at not in "".join(backend.stream(role, stopped))
     finally:
         backend.close()
 

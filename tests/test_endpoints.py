@@ -199,7 +199,7 @@ def test_failed_steps_are_reported_kept_out_and_retried_on_rerun(
 
 def test_client_errors_name_the_endpoint(server: str) -> None:
     with EndpointClient(Endpoint(server), max_new_tokens=4) as client:
-        assert isinstance(client.complete("user: hi"), str)
+        assert isinstance(client.complete("user: hi").text, str)
         with pytest.raises(EndpointError, match=r"/nothing_here: HTTP 404"):
             client._request("POST", "/nothing_here", {})
     with socket.socket() as s:

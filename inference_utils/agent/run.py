@@ -163,6 +163,8 @@ class Summary:
             "llm_calls": stats.llm_calls,
             "llm_calls_by_role": stats.llm_calls_by_role,
             "model_calls": stats.model_calls,
+            "prompt_tokens": stats.prompt_tokens,
+            "completion_tokens": stats.completion_tokens,
             "tool_calls": stats.tool_calls,
             "prefilled_tokens": stats.prefilled_tokens,
             "reused_tokens": stats.reused_tokens,
