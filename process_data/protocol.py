@@ -695,8 +695,30 @@ def parse_tool_input(value: object) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
+def function_tools(functions: Sequence[dict], finish: bool = False) -> list[dict]:
+    """ToolBench's functions (an answer's ``answer_generation.function``, a query's
+    functions) as OpenAI ``tools``, straight from their schemas: name, description and
+    parameters as ToolBench sends them to a function-calling model (its ``chatgpt_function``
+    passes the functions unchanged). ``Finish`` is left out unless ``finish``: α-UMi's
+    planner markers stand for it."""
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": f["name"],
+                "description": f.get("description", ""),
+                "parameters": f.get("parameters") or {"type": "object", "properties": {}},
+            },
+        }
+        for f in functions
+        if finish or f.get("name") != FINISH
+    ]
+
+
 def chat_tools(tools: Sequence[dict]) -> list[dict]:
-    """α-UMi tool documents (``{Name, function, input}``) as OpenAI function schemas.
+    """α-UMi tool documents (``{Name, function, input}``) as OpenAI function schemas, for
+    data that holds only those (stage-1 and stage-2 files, α-UMi's static test sets); where
+    the functions are at hand, :func:`function_tools` builds the schemas from them instead.
 
     Each argument's ``"<type>, <description>"`` string is split back into its two parts.
     """

@@ -105,3 +105,28 @@ def test_loads_in_datasets_and_trains_in_trl(both_formats, tmp_path: Path) -> No
     assert rows[0]["messages"][-1]["content"] in text
     result = trainer.train()
     assert math.isfinite(result.training_loss)
+
+
+def test_chat_tools_are_the_answers_functions_as_they_are(both_formats) -> None:
+    """The chat format's tool schemas come straight from the answer file's functions (no
+    round trip through α-UMi's ``"<type>, <description>"`` strings, which cut descriptions to
+    256 characters and lose ``required``): each equals its function, ``Finish`` left out."""
+    lines = read_jsonl(both_formats["chat"] / "stb" / "train_caller.jsonl")
+    functions = {}
+    for path in sorted(STB_ANSWERS.rglob("*.json")):
+        for f in read_json(path)["answer_generation"]["function"]:
+            functions.setdefault(f["name"], f)
+    long_description = required = 0
+    for line in lines:
+        assert line["tools"], line["id"]
+        for tool in line["tools"]:
+            f = tool["function"]
+            source = functions[f["name"]]
+            assert f == {
+                "name": source["name"],
+                "description": source["description"],
+                "parameters": source["parameters"],
+            }
+            long_description += len(f["description"]) > 256
+            required += bool(f["parameters"].get("required"))
+    assert long_description and required  # what the round trip lost is there

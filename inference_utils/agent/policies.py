@@ -36,8 +36,8 @@ from process_data.protocol import (
     TOOL_ROLES,
     Decision,
     build_prompt,
-    chat_tools,
     format_plan,
+    function_tools,
     parse_action,
     parse_actions,
     parse_decision,
@@ -110,6 +110,17 @@ class _RolePrompts:
         self.prompt_types = dict(prompt_types or {})
         self.chat = chat
         self.parallel = parallel
+        self._functions: list[dict] | None = None
+        self._tools: tuple[list[dict], tuple[dict, ...]] = ([], ())
+
+    def tools_of(self, functions: list[dict]) -> tuple[list[dict], tuple[dict, ...]]:
+        """α-UMi's tool documents (the text prompts') and the OpenAI tool schemas (the chat
+        requests', built from the functions themselves), converted once per query: every step
+        of a search shows the same functions."""
+        if functions is not self._functions:
+            self._tools = convert_tools(functions), tuple(function_tools(functions))
+            self._functions = functions
+        return self._tools
 
     def conversation(self, messages: list[dict], tools: list[dict]) -> list[dict]:
         """The α-UMi turns of the messages, converted as process_data converts an answer
@@ -121,17 +132,18 @@ class _RolePrompts:
     def request(
         self,
         role: str,
-        tools: list[dict],
+        functions: list[dict],
         turns: list[dict],
         history: str,
         thought: str | None = None,
     ) -> Generate:
         """A role's request after ``turns`` (whose rendered history is ``history``)."""
+        tools, schemas = self.tools_of(functions)
         prompt = build_prompt(role, tools, history, thought, self.prompt_types.get(role))
         messages = chat = None
         if self.chat:
-            messages = tuple(ChatEncoder("", tools, turns).prompt(role, len(turns)))
-            chat = tuple(chat_tools(tools)) if role in TOOL_ROLES else None
+            messages = tuple(ChatEncoder("", schemas, turns).prompt(role, len(turns)))
+            chat = schemas if role in TOOL_ROLES else None
         return Generate(role, prompt, messages, chat, (self.query_id, role))
 
 
@@ -145,17 +157,16 @@ class MultiLLMPolicy(_RolePrompts):
     """
 
     def decide(self, messages: list[dict], functions: list[dict]) -> Generator[Generate, str, dict]:
-        tools = convert_tools(functions)
-        turns = self.conversation(messages, tools)
+        turns = self.conversation(messages, self.tools_of(functions)[0])
         history = render_history(turns)
 
         def ask(role: str, decision: Decision | None) -> Generate:
             if decision is None:
-                return self.request(role, tools, turns, history)
+                return self.request(role, functions, turns, history)
             turn = format_plan(decision.thought, decision.kind)
             return self.request(
                 role,
-                tools,
+                functions,
                 [*turns, {"from": ASSISTANT, "value": turn}],
                 history + render_turn(ASSISTANT, turn),
                 thought=turn if role in TOOL_ROLES else None,
@@ -175,9 +186,8 @@ class BackbonePolicy(_RolePrompts):
     output (:func:`~process_data.protocol.parse_decision` with ``role="backbone"``)."""
 
     def decide(self, messages: list[dict], functions: list[dict]) -> Generator[Generate, str, dict]:
-        tools = convert_tools(functions)
-        turns = self.conversation(messages, tools)
-        output = yield self.request("backbone", tools, turns, render_backbone_history(turns))
+        turns = self.conversation(messages, self.tools_of(functions)[0])
+        output = yield self.request("backbone", functions, turns, render_backbone_history(turns))
         decision = parse_decision(output, "backbone")
         thought = decision.thought or None
         if decision.kind == "give up":

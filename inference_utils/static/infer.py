@@ -113,9 +113,11 @@ def step_request(sample: dict, role: str, prompt_types: dict[str, str], chat: bo
     turns = list(sample["history"])
     if role in FOLLOW_UP_ROLES:
         turns.append({"from": ASSISTANT, "value": sample["planner_prediction"]})
-    messages = ChatEncoder("", sample["tools"], turns).prompt(role, len(turns))
-    tools = chat_tools(sample["tools"]) if role in TOOL_ROLES else None
-    return Generate(role, prompt, tuple(messages), tuple(tools) if tools else None)
+    # α-UMi's test sets hold only its tool documents: their schemas are converted back
+    schemas = chat_tools(sample["tools"])
+    messages = ChatEncoder("", schemas, turns).prompt(role, len(turns))
+    tools = tuple(schemas) if role in TOOL_ROLES and schemas else None
+    return Generate(role, prompt, tuple(messages), tools)
 
 
 def run_steps(

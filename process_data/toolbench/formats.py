@@ -27,6 +27,7 @@ from process_data.protocol import (
     USER,
     chat_tools,
     format_backbone,
+    function_tools,
     parse_action,
     strip_marker,
 )
@@ -116,9 +117,11 @@ class ChatEncoder:
     """
 
     def __init__(self, record_id: str, tools: Sequence[dict], conversations: Sequence[dict]):
+        """``tools``: the OpenAI tool schemas of the trajectory's functions
+        (:func:`~process_data.protocol.function_tools`)."""
         self.record_id = record_id
         self.conversations = conversations
-        self.tools = chat_tools(tools)
+        self.tools = list(tools)
         self._multi: list[dict] | None = None
         self._backbone: list[tuple[int, dict]] | None = None
 
@@ -213,9 +216,13 @@ class ChatEncoder:
 class TrajectoryEncoder:
     """The encoders of one trajectory, shared by its stage records and all its roles."""
 
-    def __init__(self, uid: str, tools: list[dict]):
+    def __init__(self, uid: str, tools: list[dict], functions: list[dict] | None = None):
+        """``tools``: α-UMi's tool documents; ``functions``: ToolBench's functions they were
+        converted from, when the input has them (answer files), for the chat format's tool
+        schemas (else the documents are converted back)."""
         self.uid = uid
         self.alpha = AlphaUmiEncoder(tools)
+        self.functions = functions
         self._chat: ChatEncoder | None = None
 
     def set_conversations(self, conversations: list[dict]) -> None:
@@ -227,7 +234,12 @@ class TrajectoryEncoder:
         if fmt == "chat":
             if self._chat is None:
                 assert self.alpha.conversations is not None
-                self._chat = ChatEncoder(self.uid, self.alpha.tools_list, self.alpha.conversations)
+                schemas = (
+                    function_tools(self.functions)
+                    if self.functions is not None
+                    else chat_tools(self.alpha.tools_list)
+                )
+                self._chat = ChatEncoder(self.uid, schemas, self.alpha.conversations)
             chat = self._chat
             return [chat.encode(role_steps.role, s, n) for n, s in enumerate(role_steps.steps)]
         return [

@@ -140,11 +140,13 @@ def from_answer(answer: AnswerFile, opts: Options) -> Result:
         result.excluded = True
         return result
     try:
-        stage1 = to_stage1(read_answer(answer.path), opts.compat)
+        raw = read_answer(answer.path)
+        stage1 = to_stage1(raw, opts.compat)
     except Exception as exc:
         result.rejects.append(Reject(answer.path, answer.query_id, "stage1", reason_of(exc)))
         return result
-    encoder = TrajectoryEncoder(result.uid, stage1["tools"])
+    functions = raw["answer_generation"]["function"]  # checked by to_stage1
+    encoder = TrajectoryEncoder(result.uid, stage1["tools"], functions)
     if "stage1" in opts.stages:
         result.stage1 = encoder.alpha.encode_record(stage1)
     if "stage2" in opts.stages or "roles" in opts.stages:
