@@ -493,19 +493,113 @@ def test_upstream_answers_are_cached_and_bad_ones_fall_through(
     assert all(KEY.encode() not in p.read_bytes() for p in tmp_path.glob("c.sqlite*"))
 
 
-def test_fall_through_rule() -> None:
-    assert fall_through_reason({"error": "", "response": "{'temp': 21}"}) is None
-    assert fall_through_reason({"error": "", "response": {"a": 1}}) is None
-    for bad in [
-        {"error": "x", "response": "fine"},
-        {"response": "fine"},
-        {"error": "", "response": ""},
-        {"error": "", "response": "See https://docs"},
-        {"error": "", "response": "403 Forbidden"},
-        {"error": "", "response": "Missing parameter q"},
-        "text",
-    ]:
-        assert fall_through_reason(bad), bad
+def stabletoolbench_uses(answer: dict) -> bool:
+    """StableToolBench's ``check_result`` (server/main.py at 9fd0a3c), rule by rule:
+
+    * ``'error' not in processes_value or processes_value['error'] != ''`` → False;
+      ``'response' not in processes_value`` → False; ``response = str(...['response'])``;
+    * ``'got an unexpected keyword argument' in response.lower()`` → True, before any other;
+    * ``'rate limit'``, ``'time out'``, ``'timed out'``, ``'does not exist'``, ``'404'``,
+      ``'504'``, ``'500'``, ``'internal error'`` in ``response.lower()``, or
+      ``response == '{\\'message\\': "API doesn\\'t exists"}'``, or
+      ``'Service Not Found' in response`` (as written) → False;
+    * ``'authoriz'``, ``'authenticat'``, ``'unauthorized'``, ``'blocked user'``,
+      ``'unsubscribe'``, ``'blocked'``, ``'401'``, ``'403'``, ``'credential'``,
+      ``'unauthenticated'``, ``'disabled for your subscription'``, ``'invalid consumer key'``
+      in ``response.lower()``, or ``'ACCESS_DENIED' in response`` → False;
+    * ``'parameter'``, ``'parse'``, ``'is not defined'`` in ``response.lower()`` → False;
+    * ``len(response) == 0`` → False; ``"status_code=50"`` or ``"status_code=429"`` in
+      ``response`` → False; else True.
+    """
+    if "error" not in answer or answer["error"] != "" or "response" not in answer:
+        return False
+    response = str(answer["response"])
+    low = response.lower()
+    if "got an unexpected keyword argument" in low:
+        return True
+    failing = ("rate limit", "time out", "timed out", "does not exist", "404", "504", "500")
+    if any(w in low for w in (*failing, "internal error")) or "Service Not Found" in response:
+        return False
+    if response == "{'message': \"API doesn't exists\"}":
+        return False
+    denied = ("authoriz", "authenticat", "unauthorized", "blocked user", "unsubscribe")
+    denied += ("blocked", "401", "403", "credential", "unauthenticated")
+    denied += ("disabled for your subscription", "invalid consumer key")
+    if any(w in low for w in denied) or "ACCESS_DENIED" in response:
+        return False
+    if any(w in low for w in ("parameter", "parse", "is not defined")) or not response:
+        return False
+    return "status_code=50" not in response and "status_code=429" not in response
+
+
+def real_observations() -> list[dict]:
+    """Every tool answer (``{"error", "response"}``) in the shared ToolBench and
+    StableToolBench answer files: what RapidAPI really returned."""
+    found: dict[str, dict] = {}
+
+    def walk(value):
+        if isinstance(value, dict):
+            if value.get("role") in ("function", "tool") and isinstance(value.get("content"), str):
+                yield value["content"]
+            for v in value.values():
+                yield from walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from walk(v)
+
+    for root in (SHARED / "toolbench", SHARED / "stabletoolbench"):
+        for path in sorted(root.rglob("*.json")):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError:
+                continue
+            for content in walk(data):
+                try:
+                    answer = json.loads(content)
+                except ValueError:
+                    continue
+                if isinstance(answer, dict) and "response" in answer:
+                    found.setdefault(content, answer)
+    return list(found.values())
+
+
+CRAFTED = [
+    # real answers mention URLs and connections: StableToolBench uses them
+    {"error": "", "response": "{'url': 'https://example.com/a.png', 'size': 120}"},
+    {"error": "", "response": "Your connection to the satellite feed is live: 42 passes today"},
+    # the keyword-argument message is used before any rule, even beside a rule's words
+    {"error": "", "response": "api() got an unexpected keyword argument 'q' (parameter)"},
+    # case: these two match only as written
+    {"error": "", "response": "{'status': 'ACCESS_DENIED'}"},
+    {"error": "", "response": "{'status': 'access_denied'}"},
+    {"error": "", "response": "Service Not Found"},
+    {"error": "", "response": "service not found in this region, try the next one"},
+    {"error": "", "response": "Invalid consumer key."},
+    {"error": "", "response": "{'message': \"API doesn't exists\"}"},
+    {"error": "", "response": "{'message': \"api doesn't exists\"}"},
+    {"error": "", "response": "<Response [503]> status_code=503"},
+    {"error": "", "response": "403 Forbidden"},
+    {"error": "", "response": "Missing parameter q"},
+    {"error": "", "response": ""},
+    {"error": "", "response": {"a": 1}},
+    {"error": "", "response": "{'temp': 21}"},
+    {"error": "x", "response": "fine"},
+    {"response": "fine"},
+]
+
+
+def test_fall_through_rule_is_stabletoolbenchs() -> None:
+    observations = real_observations()
+    assert len(observations) > 20
+    with_url = [a for a in observations if "http" in str(a["response"]).lower()]
+    assert with_url and all(stabletoolbench_uses(a) for a in with_url if a["error"] == "")
+    for answer in [*observations, *CRAFTED]:
+        used = fall_through_reason(answer) is None
+        assert used == stabletoolbench_uses(answer), answer
+    assert fall_through_reason(CRAFTED[0]) is None and fall_through_reason(CRAFTED[1]) is None
+    assert fall_through_reason(CRAFTED[3]) == "unauthorized"
+    assert fall_through_reason(CRAFTED[4]) is None
+    assert fall_through_reason("text") == "not an answer object"
 
 
 def test_concurrent_calls_share_one_computation(

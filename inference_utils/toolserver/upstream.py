@@ -1,33 +1,69 @@
 """A real ToolBench or StableToolBench server behind ours, asked before any simulator.
 
-An answer is used (and cached) only when StableToolBench's server would use it: HTTP 200,
-a JSON object with an empty ``error`` and a non-empty ``response`` that mentions no rate limit,
-failing connection or HTTP error, no authorization problem and no parameter error (the words
-below, matched case-insensitively). Anything else falls through to the next source.
+An answer is used (and cached) only when StableToolBench's server would use it: its
+``check_result`` (``server/main.py``, THUNLP-MT/StableToolBench at 9fd0a3c), rule by rule in its
+order (:data:`RULES`). Anything else falls through to the next source.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import httpx
 
 from inference_utils import bounded_http
 
-#: StableToolBench's ``check_result``: words in an answer that make it fall through.
-FALL_THROUGH_WORDS: dict[str, tuple[str, ...]] = {
-    "failing API": (
-        "http", "connection", "rate limit", "time out", "timed out", "does not exist", "404",
-        "504", "500", "internal error", "api doesn't exists", "service not found",
-        "status_code=50", "status_code=429",
+
+@dataclass(frozen=True)
+class Rule:
+    """One test of ``check_result`` on the answer's ``response`` as text: ``words`` are
+    looked for in its lowercase, ``cased`` as written, ``equal`` is the whole text."""
+
+    reason: str
+    words: tuple[str, ...] = ()
+    cased: tuple[str, ...] = ()
+    equal: tuple[str, ...] = ()
+    use: bool = False  # a match makes the answer used (else it falls through)
+
+    def matches(self, text: str) -> bool:
+        lower = text.lower()
+        return (
+            any(w in lower for w in self.words)
+            or any(w in text for w in self.cased)
+            or text in self.equal
+        )
+
+
+#: StableToolBench's ``check_result`` after its ``error`` and ``response`` checks, in order.
+#: Its ``"API doesn't exists" in response.lower()`` can never match (an upper-case word in
+#: a lowercased text), so it is left out; the exact ``{'message': "API doesn't exists"}`` is
+#: kept. Earlier versions of the rule also dropped every answer holding ``http`` or
+#: ``connection``, which most real answers do (a URL); the current one does not.
+RULES: tuple[Rule, ...] = (
+    Rule("an ignored argument", words=("got an unexpected keyword argument",), use=True),
+    Rule(
+        "failing API",
+        words=(
+            "rate limit", "time out", "timed out", "does not exist", "404", "504", "500",
+            "internal error",
+        ),
+        cased=("Service Not Found",),
+        equal=("{'message': \"API doesn't exists\"}",),
     ),
-    "unauthorized": (
-        "authoriz", "authenticat", "unauthorized", "blocked user", "unsubscribe", "blocked",
-        "401", "403", "credential", "unauthenticated", "disabled for your subscription",
-        "access_denied",
+    Rule(
+        "unauthorized",
+        words=(
+            "authoriz", "authenticat", "unauthorized", "blocked user", "unsubscribe", "blocked",
+            "401", "403", "credential", "unauthenticated", "disabled for your subscription",
+            "invalid consumer key",
+        ),
+        cased=("ACCESS_DENIED",),
     ),
-    "parameter error": ("parameter", "parse", "is not defined"),
-}  # fmt: skip
+    Rule("parameter error", words=("parameter", "parse", "is not defined")),
+    Rule("empty response", equal=("",)),
+    Rule("failing API", cased=("status_code=50", "status_code=429")),
+)  # fmt: skip
 
 
 def fall_through_reason(answer: object) -> str | None:
@@ -36,12 +72,10 @@ def fall_through_reason(answer: object) -> str | None:
         return "not an answer object"
     if answer.get("error", None) != "":
         return f"error: {str(answer.get('error'))[:100]}"
-    text = str(answer["response"]).lower()
-    if not text:
-        return "empty response"
-    for reason, words in FALL_THROUGH_WORDS.items():
-        if any(word in text for word in words):
-            return reason
+    text = str(answer["response"])  # as Python prints it, as the reference reads it
+    for rule in RULES:
+        if rule.matches(text):
+            return None if rule.use else rule.reason
     return None
 
 
