@@ -46,13 +46,19 @@ def test_report(tmp_path: Path) -> None:
         test_set="G1_instruction",
         candidate="b",
         reference="ref",
-        win_rate=62.5,
+        queries=8,
+        wins=4,
+        losses=2,
+        ties=2,
+        win_rate=62.5,  # as summaries counted it before: ties as half
     )
     assert report_main([str(p), str(tmp_path / "win"), "--output", str(tmp_path / "report")]) == 0
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| a (stable) | 50.0 ± 6.2 | 30.0 ± 0.0 | 40.0 |" in md
     assert "| b (stable) | 70.0 ± 1.0 | – | 70.0 |" in md
-    assert "| b vs ref | 62.5 | 62.5 |" in md
+    # the references' win rate (won / all) first, recomputed from the counts, then the rest
+    won, tied, half = (md.index(f"| b vs ref | {v} | {v} |") for v in ("50.0", "25.0", "62.5"))
+    assert md.index("## Win rate (%: queries won / all") < won < tied < half
     with open(tmp_path / "report" / "report.csv", newline="") as fh:
         rows = list(csv.reader(fh))
     assert ["a (stable)", "pass_rate", "Average", "40.0", ""] in rows

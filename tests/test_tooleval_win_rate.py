@@ -91,7 +91,11 @@ def test_win_rate(tmp_path: Path) -> None:
         assert first == [True, False]  # the reference first in round 0, the candidate in round 1
         summary = read_json(tmp_path / "win" / "G1_instruction_ref_out.summary.json")
         assert (summary["wins"], summary["losses"], summary["ties"]) == (2, 2, 1)
-        assert summary["win_rate"] == 50.0 and summary["win_rate_without_ties"] == 50.0
+        # the references' figure: queries won over all queries (eval_preference.py:
+        # ``win_rate /= len(prefer_dict)``, ties counted apart), then ours beside it
+        assert summary["win_rate"] == 40.0 and summary["tie_rate"] == 20.0
+        assert summary["win_rate_ties_as_half"] == 50.0
+        assert summary["win_rate_without_ties"] == 50.0
         with open(tmp_path / "win" / "G1_instruction_ref_out.csv", newline="") as fh:
             rows = list(csv.reader(fh, delimiter="\t"))
         assert [r[6] for r in rows[1:]] == ["1", "3", "2", "2", "1"] and rows[0][

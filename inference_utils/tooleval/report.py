@@ -45,10 +45,24 @@ def collect(folders: Sequence[Path]) -> tuple[dict, dict]:
             if "pass_rate" in summary:
                 passes.setdefault(f"{summary['model']} ({summary['mode']})", {})[group] = summary
             elif "win_rate" in summary:
-                wins.setdefault(f"{summary['candidate']} vs {summary['reference']}", {})[group] = (
-                    summary
-                )
+                row = f"{summary['candidate']} vs {summary['reference']}"
+                wins.setdefault(row, {})[group] = win_figures(summary)
     return passes, wins
+
+
+def win_figures(summary: dict) -> dict:
+    """A win-rate summary with its three rates computed from its counts, so that summaries
+    written before the references' win rate became the headline (when ``win_rate`` counted
+    ties as half) read the same as new ones."""
+    n = summary.get("queries")
+    if not isinstance(n, int) or n <= 0 or not all(k in summary for k in ("wins", "ties")):
+        return summary
+    return {
+        **summary,
+        "win_rate": 100 * summary["wins"] / n,
+        "tie_rate": 100 * summary["ties"] / n,
+        "win_rate_ties_as_half": 100 * (summary["wins"] + 0.5 * summary["ties"]) / n,
+    }
 
 
 def _mean(values: list[float]) -> float | None:
@@ -80,6 +94,17 @@ def table(
     return header, cells, raw
 
 
+#: The win-rate tables: the references' figure first, then what puts it in context.
+WIN_TABLES = (
+    (
+        "win_rate",
+        "Win rate (%: queries won / all queries, as ToolBench and StableToolBench count it)",
+    ),
+    ("tie_rate", "Tie rate (%)"),
+    ("win_rate_ties_as_half", "Win rate with ties as half (%: 50 is as good as the reference)"),
+)
+
+
 def markdown(header: list[str], cells: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
@@ -100,7 +125,7 @@ def chart(passes: dict, wins: dict, path: Path) -> None:
 
     panels = [
         (passes, "pass_rate", "std", "pass rate (%)"),
-        (wins, "win_rate", None, "win rate (%, ties as half)"),
+        (wins, "win_rate", None, "win rate (%: won / all; ties stacked, hatched)"),
     ]
     panels = [p for p in panels if p[0]]
     # one colour per answer set, the same in both panels
@@ -114,16 +139,16 @@ def chart(passes: dict, wins: dict, path: Path) -> None:
             xs = [i + k * width for i, g in enumerate(groups) if g in by_group]
             ys = [by_group[g][value] for g in groups if g in by_group]
             errs = [by_group[g][spread] for g in groups if g in by_group] if spread else None
-            ax.bar(
-                xs, ys, width, yerr=errs, capsize=3, label=name, color=colour[answer_set(by_group)]
-            )
+            hue = colour[answer_set(by_group)]
+            ax.bar(xs, ys, width, yerr=errs, capsize=3, label=name, color=hue)
+            if value == "win_rate":  # the ties on top, so won + tied reads off the bar's top
+                ties = [by_group[g].get("tie_rate", 0.0) for g in groups if g in by_group]
+                ax.bar(xs, ties, width, bottom=ys, color=hue, alpha=0.35, hatch="//")
         ax.set_xticks(
             [i + 0.4 - width / 2 for i in range(len(groups))], [GROUPS[g] for g in groups]
         )
         ax.set_ylabel(label)
         ax.set_ylim(0, 100)
-        if value == "win_rate":
-            ax.axhline(50, color="grey", linestyle="--", linewidth=0.8)  # as good as the reference
         ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -154,9 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parts += ["## Pass rate (%, ± standard deviation over rounds)", markdown(header, cells)]
         raw += values
     if wins:
-        header, cells, values = table(wins, "win_rate", None)
-        parts += ["## Win rate (%, ties as half)", markdown(header, cells)]
-        raw += values
+        for value, title in WIN_TABLES:
+            header, cells, values = table(wins, value, None)
+            parts += [f"## {title}", markdown(header, cells)]
+            raw += values
     (args.output / "report.md").write_text("\n\n".join(parts) + "\n", encoding="utf-8")
     with open(args.output / "report.csv", "w", encoding="utf-8", newline="") as fh:
         out = csv.writer(fh)

@@ -17,8 +17,8 @@ Each round of each test query is decided in this order:
 The candidate wins a query when it won more rounds than the reference, and ties when they
 won as many. Outputs are ToolBench's (``<set>_<ref>_<out>.json`` with the votes per query and a
 tab-separated ``.csv`` with preference labels 1 reference, 2 candidate, 3 tie) and a summary
-with the win rate counting ties as half, the win rate among the queries that are not ties, and
-the number of ties.
+with the references' win rate (the queries won over all queries, ties apart), the tie rate,
+the win rate counting ties as half, and the win rate among the queries that are not ties.
 """
 
 from __future__ import annotations
@@ -148,7 +148,17 @@ class WinResult:
 
     @property
     def win_rate(self) -> float:
-        """Ties count as half."""
+        """The references' win rate: the queries the candidate won, over all queries
+        (``win_rate /= len(prefer_dict)`` in their ``eval_preference.py``; ties apart)."""
+        return 100 * self.wins / max(self.queries, 1)
+
+    @property
+    def tie_rate(self) -> float:
+        return 100 * self.ties / max(self.queries, 1)
+
+    @property
+    def win_rate_ties_half(self) -> float:
+        """Ties count as half: 50% means as good as the reference."""
         return 100 * (self.wins + 0.5 * self.ties) / max(self.queries, 1)
 
     @property
@@ -236,6 +246,8 @@ def write_set(result: WinResult, refs: dict, outs: dict, args: argparse.Namespac
         "losses": result.losses,
         "ties": result.ties,
         "win_rate": result.win_rate,
+        "tie_rate": result.tie_rate,
+        "win_rate_ties_as_half": result.win_rate_ties_half,
         "win_rate_without_ties": result.win_rate_decided,
         "judged_rounds": result.judged,
     }
@@ -339,8 +351,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_set(result, refs, outs, args)
         evaluated += 1
         print(
-            f"{test_set}: win rate {result.win_rate:.1f}% (ties as half), "
-            f"{result.win_rate_decided:.1f}% without the {result.ties} ties, "
+            f"{test_set}: win rate {result.win_rate:.1f}% (queries won / all, as ToolBench "
+            f"and StableToolBench count it), ties {result.tie_rate:.1f}%; "
+            f"{result.win_rate_ties_half:.1f}% with ties as half, "
+            f"{result.win_rate_decided:.1f}% without the {result.ties} ties; "
             f"over {result.queries} queries"
         )
     print(f"judge calls: {judge.calls}", file=sys.stderr)
