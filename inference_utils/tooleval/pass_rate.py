@@ -17,11 +17,13 @@ trace (``parse_answer_status``).
 * ``stable``: Solved 1, Unsure 0.5, Unsolved 0; each round averaged over the queries; the
   mean and the (population) standard deviation of the rounds.
 
-A test query with no answer counts as failed (Unsolved) and is reported. StableToolBench leaves
-it out of the denominator, which raises the score (its issue #37); ``--compat stable`` does the
-same, for comparison. Outputs are ToolBench's: ``<save_path>/<test_set>_<model>.json`` and a
-tab-separated ``.csv`` of the same name, in the chosen mode's shape, plus
-``<test_set>_<model>.summary.json`` with the figures.
+A test query with no answer counts as failed (Unsolved) and is reported. ToolBench and
+StableToolBench both leave it out of the denominator, which raises the score (ToolBench's
+``eval_pass_rate.py`` counts only the queries of the answer file, ``pass_rate /=
+len(label_cnt)``; StableToolBench's issue #37); ``--compat toolbench`` and ``--compat stable``
+do the same, for comparison with their numbers. Outputs are ToolBench's:
+``<save_path>/<test_set>_<model>.json`` and a tab-separated ``.csv`` of the same name, in the
+chosen mode's shape, plus ``<test_set>_<model>.summary.json`` with the figures.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ from inference_utils.tooleval.judge_flags import (
 from process_data.jsonio import write_json_atomic
 
 PASSED, FAILED = "passed", "failed"
+#: The ``--compat`` values that reproduce a reference's figures.
+REFERENCES = ("toolbench", "stable")
 
 
 def coin(seed: int, qid: str, round_: int) -> str:
@@ -138,7 +142,7 @@ def evaluate_set(
     by_qid: dict[str, list[Judgment]] = {}
     for (qid, _), judgment in zip(jobs, done, strict=True):
         by_qid.setdefault(qid, []).append(judgment)
-    counted = answered if args.compat == "stable" else list(test_ids)
+    counted = answered if args.compat in REFERENCES else list(test_ids)
     records = {qid: _record(qid, answers.get(qid), by_qid.get(qid, []), args) for qid in counted}
     if args.mode == "stable":
         rounds = [
@@ -161,9 +165,9 @@ def evaluate_set(
         std = statistics.pstdev(rounds) * 100 if rounds else math.nan
     if missing:
         note = (
-            "left out of the denominator (--compat stable)"
-            if args.compat == "stable"
-            else "counted as failed"
+            f"left out of the denominator (--compat {args.compat})"
+            if args.compat in REFERENCES
+            else "counted as failed (--compat toolbench or stable leaves them out)"
         )
         print(
             f"pass rate {test_set}: {len(missing)} of {len(test_ids)} test queries have no "
@@ -241,6 +245,7 @@ def write_set(
         "evaluate_times": args.evaluate_times,
         "queries": result.queries,
         "answered": result.answered,
+        "denominator": result.answered if args.compat in REFERENCES else result.queries,
         "pass_rate": result.pass_rate,
         "std": result.std,
         "rounds": result.rounds,
@@ -273,9 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["toolbench", "stable"], default="toolbench")
     p.add_argument(
         "--compat",
-        choices=["none", "stable"],
+        choices=["none", *REFERENCES],
         default="none",
-        help="stable: leave unanswered queries out, as StableToolBench does",
+        help="toolbench, stable: leave unanswered queries out of the denominator, as "
+        "ToolBench and StableToolBench do",
     )
     p.add_argument("--evaluate_times", type=int, default=4)
     p.add_argument("--max_eval_threads", type=int, default=16)
@@ -310,7 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         evaluated += 1
         print(
             f"{test_set}: pass rate {result.pass_rate:.1f}% ± {result.std:.1f} "
-            f"({result.answered}/{result.queries} answered)"
+            f"({result.answered}/{result.queries} answered; over "
+            f"{'the answered' if args.compat in REFERENCES else 'all test'} queries)"
         )
     print(f"judge calls: {judge.calls}", file=sys.stderr)
     if not evaluated:
