@@ -38,13 +38,15 @@ from process_data.protocol import json_object
 @dataclass(frozen=True)
 class Decoding:
     """Decoding settings of one request, over the backend's own (``None``: the backend's).
-    ``temperature`` 0 is greedy. The output ends before the first of the ``stop`` strings
-    (an LLMCompiler planner stops at its end-of-plan marker)."""
+    ``temperature`` 0 is greedy; ``seed`` makes a sampled output repeat (a judge's rounds
+    each have their own). The output ends before the first of the ``stop`` strings (an
+    LLMCompiler planner stops at its end-of-plan marker)."""
 
     max_new_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     stop: tuple[str, ...] = ()
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens is not None and self.max_new_tokens < 1:

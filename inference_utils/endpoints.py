@@ -183,6 +183,8 @@ class EndpointClient:
                     sampling[field_name] = value
             if decoding.stop:
                 sampling["stop"] = list(decoding.stop)
+            if decoding.seed is not None:
+                sampling["seed"] = decoding.seed
         return sampling
 
     def complete(self, prompt: str, decoding: Decoding | None = None) -> ModelResult:

@@ -78,6 +78,8 @@ class GenerationSettings:
                 changes["temperature"] = decoding.temperature
         if decoding.top_p is not None:
             changes["top_p"] = decoding.top_p
+        if decoding.seed is not None:
+            changes["seed"] = decoding.seed
         return replace(self, **changes)
 
 

@@ -77,7 +77,8 @@ $py -m inference_utils.tooleval.convert --answer_dir "$out/answers/G1_instructio
 # the test ids are the converted file's keys: the queries the agent answered
 $py -m inference_utils.tooleval.pass_rate --converted_answer_path "$out/tooleval/converted" \
   --test_ids "$out/tooleval/converted" --test_set G1_instruction --model demo_agent \
-  --save_path "$out/tooleval/pass" --evaluator local:smollm2-135m --evaluate_times 1
+  --save_path "$out/tooleval/pass" --evaluator local:smollm2-135m --evaluate_times 1 \
+  --max_tokens 512  # ToolEval samples at 0.2 with up to 1,000 tokens: half keeps the demo short
 $py -m inference_utils.tooleval.report "$out/tooleval/pass" --output "$out/tooleval/report"
 echo "== done: $out/data (training sets), $out/glpft (models), $out/static (metrics),"
 echo "   $out/answers (the agent's ToolBench answer files, summary.json),"

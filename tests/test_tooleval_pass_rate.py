@@ -140,6 +140,14 @@ def test_toolbench_mode(data, tmp_path: Path) -> None:
         assert run(data, judge, tmp_path / "pass") == 0
         assert judge.posts == calls
         assert read_json(tmp_path / "pass" / "G1_instruction_m.json") == result
+        assert summary["denominator"] == 8
+    # ToolBench's denominator: only the queries of the answer file (eval_pass_rate.py loops
+    # over ``reference_examples`` and ends with ``pass_rate /= len(label_cnt)``)
+    with ScriptedJudge(SCRIPT) as judge:
+        assert run(data, judge, tmp_path / "tb", "--compat", "toolbench") == 0
+        tb = read_json(tmp_path / "tb" / "G1_instruction_m.summary.json")
+        assert tb["pass_rate"] == pytest.approx(100 * passing / 7) and tb["denominator"] == 7
+        assert "q7" not in read_json(tmp_path / "tb" / "G1_instruction_m.json")
 
 
 def test_stable_mode_and_its_denominator(data, tmp_path: Path) -> None:
@@ -307,3 +315,23 @@ def test_api_keys_reach_the_judge_and_nothing_else(
     for key in keys:
         assert key not in text
         assert key.encode() not in b"".join(p.read_bytes() for p in written)
+
+
+def test_the_judge_samples_as_tooleval_and_a_greedy_judge_is_asked_once(data, tmp_path) -> None:
+    """ToolEval's evaluator configs ask the judge with ``temperature: 0.2`` and
+    ``max_tokens: 1000`` (``completions_kwargs``): ours by default, each round with a seed of
+    its own. At ``--temperature 0`` every round would get the same verdict: the question is
+    asked once and its verdict counts for every round, so the rounds cost no call."""
+    with ScriptedJudge(SCRIPT) as judge:
+        assert run(data, judge, tmp_path / "sampled") == 0
+        assert {(b["temperature"], b["max_tokens"]) for b in judge.requests} == {(0.2, 1000)}
+        q6 = [b["seed"] for b in judge.requests if "[q6]" in b["messages"][-1]["content"]]
+        assert set(q6) == {0, 1, 2, 3}  # a seed per round
+    with ScriptedJudge(SCRIPT) as judge:
+        assert run(data, judge, tmp_path / "greedy", "--temperature", "0") == 0
+        # one round's questions: q2 1 · q3 2 · q4 2 · q5 3 · q6 1 · q8 1
+        assert judge.posts == 10
+        assert {b["temperature"] for b in judge.requests} == {0}
+        records = read_json(tmp_path / "greedy" / "G1_instruction_m.json")
+        assert (records["q6"]["passed"], records["q6"]["failed"]) == (4, 0)  # round 0's, 4 times
+        assert read_json(tmp_path / "greedy" / "G1_instruction_m.summary.json")["std"] == 0

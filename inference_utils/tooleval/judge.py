@@ -29,12 +29,12 @@ import json
 import re
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
 
-from inference_utils.backends import ModelRequest, RoleBackend
+from inference_utils.backends import Decoding, ModelRequest, RoleBackend
 from inference_utils.sqlite_store import SQLiteStore
 
 DEFAULT_RUBRIC = Path(__file__).with_name("judge_prompts.yaml")
@@ -54,6 +54,10 @@ class RubricError(ValueError):
     """A prompt file or evaluator folder that cannot be used; the message names it."""
 
 
+#: ToolEval's sampling of the judge (its evaluator configs' ``completions_kwargs``).
+TOOLEVAL_TEMPERATURE, TOOLEVAL_MAX_TOKENS = 0.2, 1000
+
+
 @dataclass(frozen=True)
 class Question:
     name: str
@@ -66,6 +70,17 @@ class Rubric:
     questions: dict[str, Question]
     settings: dict  # completion settings (model, temperature, max_tokens) the file gives
     source: str
+
+    def decoding(self) -> Decoding:
+        """How the judge samples: the file's ``temperature`` and ``max_tokens``, else
+        ToolEval's (``completions_kwargs`` of its evaluator configs: 0.2 and 1,000)."""
+        try:
+            return Decoding(
+                max_new_tokens=int(self.settings.get("max_tokens", TOOLEVAL_MAX_TOKENS)),
+                temperature=float(self.settings.get("temperature", TOOLEVAL_TEMPERATURE)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise RubricError(f"{self.source}: bad temperature or max_tokens: {exc}") from exc
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_RUBRIC) -> Rubric:
@@ -198,7 +213,13 @@ JUDGE = "judge"
 
 
 class Judge:
-    """Asks :class:`Rubric` questions; ``clients`` are used in turn (a key pool)."""
+    """Asks :class:`Rubric` questions; ``clients`` are used in turn (a key pool).
+
+    ``decoding`` is how the judge samples (ToolEval's ``completions_kwargs``: temperature
+    0.2, at most 1,000 tokens). Each round of a question is sampled with a seed of its own,
+    so rounds differ and a re-run repeats them; at temperature 0 every round would get the
+    same verdict, so the judge asks once and gives that verdict to every round
+    (:attr:`greedy`)."""
 
     def __init__(
         self,
@@ -207,10 +228,12 @@ class Judge:
         model: str,
         cache: VerdictCache | None = None,
         tries: int = 2,
+        decoding: Decoding | None = None,
     ):
         if not clients:
             raise ValueError("a judge needs at least one endpoint")
         self.rubric, self.model, self.cache, self.tries = rubric, model, cache, tries
+        self.decoding = decoding if decoding is not None else rubric.decoding()
         self._clients = itertools.cycle(clients)
         self._lock = threading.Lock()
         self.calls = 0  # requests sent (not answered from the cache)
@@ -220,6 +243,8 @@ class Judge:
         that stays malformed comes back with its status fields ``"Unsure"`` and the reason."""
         messages, function = self.rubric.request(question, arguments, reason)
         key = request_hash(messages, function)
+        if self.greedy:
+            round_ = 0  # every round would get this verdict: ask once
         if (
             self.cache is not None
             and (cached := self.cache.get(self.model, key, round_)) is not None
@@ -231,7 +256,10 @@ class Judge:
                 client = next(self._clients)
                 self.calls += 1
             try:
-                request = ModelRequest(messages=tuple(messages), function=function)
+                decoding = replace(self.decoding, seed=round_)
+                request = ModelRequest(
+                    messages=tuple(messages), function=function, decoding=decoding
+                )
                 verdict = client.generate(JUDGE, [request])[0].arguments()
             except ValueError as exc:  # not JSON: ask again
                 why = f"unparseable verdict: {exc}"
@@ -245,6 +273,11 @@ class Judge:
         if self.cache is not None:
             self.cache.put(self.model, key, round_, verdict)
         return verdict
+
+    @property
+    def greedy(self) -> bool:
+        """Whether the judge decodes greedily, so that rounds cannot differ."""
+        return not self.decoding.temperature
 
 
 def _unsure(function: dict, why: str) -> dict:

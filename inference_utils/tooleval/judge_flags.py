@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from inference_utils.backends import Decoding
 from inference_utils.dag import TaskGraph
 from inference_utils.endpoints import Endpoint, EndpointBackend, EndpointClient, EndpointError
 from inference_utils.tooleval.judge import JUDGE, Judge, Rubric, VerdictCache
@@ -52,6 +53,15 @@ def add_judge_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--verdict_cache", type=Path, help="SQLite file (default: <save_path>/verdicts.sqlite)"
     )
+    g.add_argument(
+        "--temperature",
+        type=float,
+        help="the judge's sampling temperature (default: the prompts', ToolEval's 0.2); at 0 "
+        "every round gets the first round's verdict, asked once",
+    )
+    g.add_argument(
+        "--max_tokens", type=int, help="the judge's output cap (default: the prompts', 1,000)"
+    )
     g.add_argument("--request_timeout", type=float, default=120.0, help="seconds")
     g.add_argument("--max_retries", type=int, default=4, help="for 429, 5xx and timeouts")
 
@@ -83,14 +93,24 @@ def build_judge(args: argparse.Namespace, default_cache: Path) -> Judge:
         rubric = Rubric.load(args.judge_prompts) if args.judge_prompts else Rubric.load()
     kind, _, model = (args.evaluator or "openai:").partition(":")
     settings = rubric.settings
+    decoding = rubric.decoding()
+    if args.temperature is not None or args.max_tokens is not None:
+        decoding = Decoding(
+            max_new_tokens=args.max_tokens or decoding.max_new_tokens,
+            temperature=decoding.temperature if args.temperature is None else args.temperature,
+        )
+    if decoding.temperature == 0:
+        print(
+            "judge: temperature 0 decodes greedily, so every round would get the same verdict: "
+            "each question is asked once and its verdict counts for every round",
+            file=sys.stderr,
+        )
     cache = VerdictCache(args.verdict_cache or default_cache)
     if kind == "local" and model:
         from inference_utils.generation import GenerationSettings, HFModels
 
-        local = HFModels(
-            {JUDGE: model}, GenerationSettings(max_new_tokens=int(settings.get("max_tokens", 512)))
-        )
-        return Judge(rubric, [local], f"local:{model}", cache)
+        local = HFModels({JUDGE: model}, GenerationSettings())
+        return Judge(rubric, [local], f"local:{model}", cache, decoding=decoding)
     if kind != "openai":
         raise ValueError(f"--evaluator {args.evaluator!r}: expected openai:MODEL or local:PATH")
     model = model or settings.get("model")
@@ -103,15 +123,15 @@ def build_judge(args: argparse.Namespace, default_cache: Path) -> Judge:
     clients = [
         EndpointClient(
             Endpoint(base, model or None, "chat", key, None if key else args.api_key_env),
-            max_new_tokens=int(settings.get("max_tokens", 512)),
-            temperature=float(settings.get("temperature", 0.0)),
+            max_new_tokens=decoding.max_new_tokens or 1000,  # each request says its own
+            temperature=decoding.temperature or 0.0,
             timeout=args.request_timeout,
             max_retries=args.max_retries,
         )
         for base, key in pool
     ]
     backends = [EndpointBackend({JUDGE: client}) for client in clients]
-    return Judge(rubric, backends, model or clients[0].model, cache)
+    return Judge(rubric, backends, model or clients[0].model, cache, decoding=decoding)
 
 
 def judge_all(fn: Callable[..., Any], jobs: Sequence[tuple], threads: int, desc: str) -> list:
