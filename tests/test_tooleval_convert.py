@@ -132,3 +132,45 @@ def test_bad_answer_files_are_named(tmp_path: Path, capsys) -> None:
         == 1
     )
     assert "no DFS_x answer files" in capsys.readouterr().err
+
+
+def _generation(*messages: dict) -> dict:
+    head = [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]
+    return {"train_messages": [[*head, *messages]]}
+
+
+def _kinds(root) -> list:
+    out, step = [], root
+    while step.next:
+        step = step.next[0]
+        out.append((step.role, step.message))
+    return out[1:]  # after the user step
+
+
+def test_converter_edge_cases_read_as_stabletoolbench_reads_them() -> None:
+    """StableToolBench's ``process_valid_data`` takes ``tool_calls`` when ``'tool_calls' in
+    message and message['tool_calls'] is not None``: an empty list loops over no call and adds
+    no step (the message's text is dropped), ``None`` is read as text. A ``function_call`` key
+    is read as a call whatever its value (``'function_call' in message``), so one that names
+    no function fails there; here it stops with the message named."""
+    from inference_utils.tooleval.convert import ConvertError, valid_steps
+
+    call = {"name": "f", "arguments": "{}"}
+    steps = _kinds(
+        valid_steps(
+            _generation(
+                {"role": "assistant", "content": "thinking", "function_call": call},
+                {"role": "function", "content": "r1"},
+                {"role": "assistant", "content": "no calls", "tool_calls": []},
+                {"role": "assistant", "content": "plain", "tool_calls": None},
+            )
+        )
+    )
+    assert steps == [
+        ("tool", {"name": "f", "arguments": "{}", "response": "r1"}),
+        ("assistant", "plain"),
+    ]
+    for empty in ({}, None, {"arguments": "{}"}):
+        bad = _generation({"role": "assistant", "content": "x", "function_call": empty})
+        with pytest.raises(ConvertError, match="message 2: function_call .* names no function"):
+            valid_steps(bad)

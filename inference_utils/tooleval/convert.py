@@ -13,7 +13,9 @@ The rules are ToolBench's:
 * a valid answer is the last of its ``train_messages``: each function call becomes a ``tool``
   step with the following message as its response (``Finish`` has none), each other assistant
   message an ``assistant`` step, and system, user and function messages are skipped (OpenAI
-  ``tool_calls`` are read too, as StableToolBench reads them);
+  ``tool_calls`` are read too, as StableToolBench reads them: an empty list adds no step; a
+  ``function_call`` key whose value names no function stops the conversion with the file and
+  the message, where theirs fails with a ``KeyError`` or ``TypeError``);
 * an invalid CoT answer is one of its ``trys`` chosen at random, read from its chain;
 * an invalid DFS answer is its whole tree, each ``Action`` merged with its first ``Action
   Input`` child; a random walk from the root to a leaf chooses the branch.
@@ -75,12 +77,17 @@ def valid_steps(generation: dict) -> Step:
     while index < len(conversation):
         message = conversation[index]
         role = message["role"]
-        if role == ASSISTANT and message.get("function_call"):
+        if role == ASSISTANT and "function_call" in message:
             call = message["function_call"]
+            if not isinstance(call, dict) or not call.get("name"):
+                # theirs fails here too (``message['function_call']['name']``)
+                raise ConvertError(f"message {index}: function_call {call!r} names no function")
             response = "" if call["name"] == FINISH else conversation[index + 1]["content"]
             last = last.add(_tool(call["name"], call["arguments"], response))
             index += 1
-        elif role == ASSISTANT and message.get("tool_calls"):
+        elif role == ASSISTANT and message.get("tool_calls") is not None:
+            # an empty list adds no step (and drops the message's text), as StableToolBench's
+            # loop over no calls adds none
             for call in message["tool_calls"]:
                 name, arguments = call["function"]["name"], call["function"]["arguments"]
                 if name == FINISH:
