@@ -72,7 +72,12 @@ def test_win_rate(tmp_path: Path) -> None:
         assert judge.posts == 16
         votes = read_json(tmp_path / "win" / "G1_instruction_ref_out.json")
         assert {q: (v["ref"], v["out"]) for q, v in votes.items()} == {
-            "q1": (2, 0),  # the only Solved answer wins
+            # the only Solved answer wins, in round 1 too, where the candidate is shown first:
+            # each status stays with its answer. (Their eval_preference.py with
+            # --use_pass_rate true hands the judge [ref status, output status] whatever order
+            # the shuffle in annotate_preference gives the answers, so a swapped round credits
+            # the status-decided win to the wrong answer.)
+            "q1": (2, 0),
             "q2": (1, 1),  # a judge that always picks Answer_0: the alternation makes it a tie
             "q3": (0, 2),  # the shortcut: only the candidate passed
             "q4": (0, 2),
