@@ -36,8 +36,8 @@ def build_endpoints(
             clients[role] = EndpointClient(
                 endpoint,
                 max_new_tokens=args.max_new_tokens,
-                temperature=1.0 if args.do_sample else 0.0,
-                seed=args.seed if args.do_sample else None,
+                temperature=sampling_temperature(args),
+                seed=args.seed if sampling_temperature(args) else None,
                 timeout=args.request_timeout,
                 max_retries=args.max_retries,
                 max_connections=args.endpoint_concurrency,
@@ -114,7 +114,23 @@ def add_role_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max_new_tokens", type=int, default=256)
     p.add_argument("--bf16_full_eval", type=_bool, nargs="?", const=True, default=False)
     p.add_argument("--do_sample", type=_bool, nargs="?", const=True, default=False)
+    p.add_argument(
+        "--temperature",
+        type=float,
+        help="sample at this temperature (0: greedy); --do_sample alone samples at 1.0. "
+        "ToolBench's ToolLLaMA samples at 0.5",
+    )
     p.add_argument("--seed", type=int, default=0)
+
+
+def sampling_temperature(args: argparse.Namespace) -> float:
+    """The roles' temperature: ``--temperature``, else 1.0 with ``--do_sample``, else 0
+    (greedy, the default: a run repeats)."""
+    if args.temperature is not None:
+        if args.temperature < 0:
+            raise SystemExit(f"--temperature must not be negative, not {args.temperature}")
+        return args.temperature
+    return 1.0 if args.do_sample else 0.0
 
 
 def generation_settings(args: argparse.Namespace) -> GenerationSettings:
@@ -125,7 +141,8 @@ def generation_settings(args: argparse.Namespace) -> GenerationSettings:
         batch_size=args.per_device_eval_batch_size,
         reuse_prefixes=args.reuse_prefixes,
         max_batch_tokens=args.max_batch_tokens,
-        do_sample=args.do_sample,
+        do_sample=sampling_temperature(args) > 0,
+        temperature=sampling_temperature(args) or 1.0,
         seed=args.seed,
         dtype="bf16" if args.bf16_full_eval else "auto",
     )

@@ -560,9 +560,10 @@ def test_multi_llm_dfs_end_to_end_and_a_rerun_skips_everything(dfs_run: Path, to
     summary = read_json(dfs_run / "summary.json")
     assert summary["queries"] == summary["run"] == 5 and summary["failed"] == 0
     assert summary["answered"] + summary["gave_up"] + summary["no_answer"] == 5
-    assert summary["llm_calls"] == sum(
-        a["answer_generation"]["query_count"] for a in loaded.values()
-    )
+    # query_count counts steps, as ToolBench does; a multi-LLM step is one or two role calls
+    steps = sum(a["answer_generation"]["query_count"] for a in loaded.values())
+    assert steps <= summary["llm_calls"] <= 2 * steps
+    assert summary["llm_calls"] == sum(summary["llm_calls_by_role"].values())
     assert summary["model_calls"] < summary["llm_calls"]  # batched across queries
     assert set(summary["llm_calls_by_role"]) <= {"planner", "caller", "summarizer"}
     # a query's later prompts start from the KV cache of its earlier ones (tool docs, history)
@@ -699,7 +700,7 @@ def test_endpoint_roles_answer_a_query_through_a_real_tool_call(
     assert code == 0
     answer = check_answers(out, method, BARCODE)[BARCODE]
     generation = answer["answer_generation"]
-    assert generation["valid_data"] and generation["query_count"] == 4
+    assert generation["valid_data"] and generation["query_count"] == 2  # two steps
     chain = generation["train_messages"][-1]
     call, observation, finish = chain[2], chain[3], chain[4]
     assert call["function_call"] == {

@@ -748,7 +748,9 @@ def test_dfs_worked_example_tree() -> None:
         "Finish",
     ]
     assert result.win and len(result.terminal_nodes) == 1 and len(result.give_up_nodes) == 1
-    assert result.query_count == 14 == sum(isinstance(r, Generate) for r in requests)
+    # a step counts once however many role calls it makes (ToolBench: ``self.query_count +=
+    # 1`` after each ``llm.parse`` in DFS.py); the seven steps made fourteen role calls
+    assert result.query_count == 7 and sum(isinstance(r, Generate) for r in requests) == 14
     assert [r for r in requests if isinstance(r, ToolRequest)] == [
         ToolRequest("Data", "key_word", "search", {"q": "a"}),
         ToolRequest("Data", "key_word", "similar", {}),
@@ -832,7 +834,7 @@ def test_dfs_worked_example_messages() -> None:
     assert (generation["valid_data"], generation["finish_type"], generation["query_count"]) == (
         True,
         "give_answer",
-        14,
+        7,  # steps
     )
     assert answer["win"] is True
     assert answer["compare_candidates"] == [result.terminal_nodes[0].chain_result()]
@@ -858,12 +860,14 @@ def test_dfs_give_up_at_the_first_step_ends_the_search() -> None:
 
 
 def test_dfs_call_cap() -> None:
-    """Two LLM calls per step, no thoughts (a step adds two levels), every call an API call:
-    a full width-2 tree to depth 12 would take 126 steps; at 200 calls the 100th step's
-    output is dropped (ToolBench returns before building its nodes) and the search ends."""
+    """With ``count_role_calls``, two LLM calls per step, no thoughts (a step adds two
+    levels), every call an API call: a full width-2 tree to depth 12 would take 126 steps; at
+    200 calls the 100th step's output is dropped (ToolBench returns before building its nodes)
+    and the search ends. By default a step counts once, as ToolBench counts one per
+    ``llm.parse``."""
     forever = [call("search_for_key_word", {"q": str(i)}) for i in range(200)]
     policy = Scripted(forever, calls=2)
-    result, requests = drive(dfs(policy, toy_env()), echo)
+    result, requests = drive(dfs(policy, toy_env(), count_role_calls=True), echo)
     assert result.query_count == 200 == sum(isinstance(r, Generate) for r in requests)
     assert len(policy.seen) == 100 and result.hit_query_cap
     assert sum(isinstance(r, ToolRequest) for r in requests) == 99  # the dropped step: no call
@@ -880,13 +884,20 @@ def test_dfs_call_cap() -> None:
     assert "train_messages" not in generation
     # a cap between a step's two calls: the policy is stopped before the call past it
     policy = Scripted(forever, calls=2)
-    result, requests = drive(dfs(policy, toy_env(), max_query_count=7), echo)
+    capped = dfs(policy, toy_env(), max_query_count=7, count_role_calls=True)
+    result, requests = drive(capped, echo)
     assert sum(isinstance(r, Generate) for r in requests) == 7 == result.query_count
     assert len(policy.seen) == 4 and result.root.size() == 1 + 3 * 2
-    # one call per step: the fifth step's output is dropped at a cap of 5
-    policy = Scripted(forever, calls=1)
-    result, _ = drive(dfs(policy, toy_env(), max_query_count=5), echo)
-    assert result.query_count == 5 and result.root.size() == 1 + 4 * 2
+    # one count per step (the default), whatever the calls: the fifth step's output is
+    # dropped at a cap of 5
+    for calls in (1, 2):
+        policy = Scripted(forever, calls=calls)
+        result, requests = drive(dfs(policy, toy_env(), max_query_count=5), echo)
+        assert result.query_count == 5 and result.root.size() == 1 + 4 * 2
+        assert sum(isinstance(r, Generate) for r in requests) == 5 * calls
+    # with the default cap, 126 steps fill the tree and the cap of 200 steps never binds
+    result, _ = drive(dfs(Scripted(forever, calls=2), toy_env()), echo)
+    assert result.query_count == 126 and not result.hit_query_cap
 
 
 def test_depth_cap_counts_nodes_not_steps() -> None:
@@ -968,7 +979,7 @@ def test_cot_stops_at_the_first_answer() -> None:
     ]
     policy = Scripted(script, calls=2)
     result, _ = drive(search("CoT@3", policy, toy_env()), echo)
-    assert len(policy.seen) == 4 and result.query_count == 8
+    assert len(policy.seen) == 4 and result.query_count == 4  # steps, not role calls
     assert policy.seen[2] == toy_env().initial_messages()  # each chain starts afresh
     answer = answer_json(result)
     real = read_json(STB_COT[0])
@@ -1274,7 +1285,7 @@ def test_a_message_with_several_calls_runs_them_as_one_plan() -> None:
         (A, 7, "Finish", None),
         (AI, 8, final, 3),
     ]
-    assert result.win and result.query_count == 4
+    assert result.win and result.query_count == 2  # two steps
     first, second = PLANNED[0][PARALLEL_CALLS]
     start = toy_env().initial_messages()
     chain = [

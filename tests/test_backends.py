@@ -161,3 +161,37 @@ def test_no_driver_names_a_backend_class() -> None:
         names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
         names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
         assert not names & classes, f"{path} names {sorted(names & classes)}"
+
+
+def test_the_role_flags_choose_greedy_or_sampling() -> None:
+    """Greedy by default (a run repeats); ``--temperature T`` samples at T (ToolBench's
+    ToolLLaMA: ``"temperature": 0.5`` in ``tool_llama_model.py``), ``--do_sample`` alone at
+    1.0; local models and endpoints alike."""
+    import argparse
+
+    from inference_utils.role_flags import (
+        add_role_arguments,
+        build_endpoints,
+        generation_settings,
+        sampling_temperature,
+    )
+
+    parser = argparse.ArgumentParser()
+    add_role_arguments(parser)
+    for flags, temperature in (
+        ([], 0.0),
+        (["--do_sample"], 1.0),
+        (["--temperature", "0.5"], 0.5),
+        (["--do_sample", "--temperature", "0"], 0.0),
+    ):
+        args = parser.parse_args(flags)
+        assert sampling_temperature(args) == temperature
+        settings = generation_settings(args)
+        assert settings.do_sample == (temperature > 0)
+        assert not settings.do_sample or settings.temperature == temperature
+        args = parser.parse_args([*flags, "--backbone_endpoint", "http://127.0.0.1:9/v1"])
+        backend = build_endpoints(args)
+        assert backend.clients["backbone"].sampling["temperature"] == temperature
+        backend.close()
+    with pytest.raises(SystemExit, match="must not be negative"):
+        sampling_temperature(parser.parse_args(["--temperature", "-1"]))

@@ -64,6 +64,7 @@ from inference_utils.role_flags import (
     build_models,
     generation_settings,
     prompt_types_of,
+    sampling_temperature,
 )
 from inference_utils.search_requests import Request
 from inference_utils.toolclient import ToolClient
@@ -191,7 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
         "response); off by default, an extension beyond alpha-UMi",
     )
     p.add_argument("--single_chain_max_step", type=int, default=MAX_STEPS)
-    p.add_argument("--max_query_count", type=int, default=MAX_QUERY_COUNT, help="LLM calls")
+    p.add_argument(
+        "--max_query_count",
+        type=int,
+        help=f"steps a query may take (default: ToolBench's, {MAX_QUERY_COUNT} for a DFS and "
+        "no cap for CoT)",
+    )
+    p.add_argument(
+        "--count_role_calls",
+        action="store_true",
+        help="count each role's LLM call toward --max_query_count and query_count (a "
+        "multi-LLM step is two); ToolBench counts one per step",
+    )
     p.add_argument("--query_ids", help="comma-separated query ids to run (default: all)")
     p.add_argument("--num_queries", type=int, default=-1, help="run the first N queries")
     p.add_argument(
@@ -237,6 +249,7 @@ def _search(
             env,
             max_steps=args.single_chain_max_step,
             max_query_count=args.max_query_count,
+            count_role_calls=args.count_role_calls,
         )
     )
 
@@ -247,10 +260,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say("--concurrency must be at least 1")
         return 2
     try:
-        parse_method(args.method)
+        method = parse_method(args.method)
     except ValueError as exc:
         _say(str(exc))
         return 2
+    if method.kind == "CoT" and method.n > 1 and not sampling_temperature(args):
+        _say(
+            f"{args.method} with greedy decoding: every try after the first repeats it; "
+            "--temperature 0.5 samples as ToolBench's ToolLLaMA does"
+        )
     out = Path(args.output_dir)
     queries = select(read_queries(args.queries, out, args.method), args.query_ids, args.num_queries)
     todo = [q for q in queries if not q.answer.exists()]

@@ -16,10 +16,13 @@ them out); where it calls ``io_func.step`` it runs ``yield from env.step(name, a
 for a message holding several calls (:data:`PARALLEL_CALLS`), ``env.step_plan``, which yields
 one :class:`~inference_utils.search_requests.ToolPlan` for all of them.
 
-The LLM calls of a query are the :class:`Generate` requests yielded, so a multi-LLM policy
-counts two per step. A DFS stops at ``max_query_count`` calls: a policy that would go past it
-is stopped before its request and its step dropped, as ToolBench drops the output of the call
-that reaches the cap.
+A query's ``query_count`` counts its steps, one per policy decision, as ToolBench counts one
+``llm.parse`` per step (``self.query_count += 1`` in ``DFS.py``) whatever the policy asks of
+its models: α-UMi's planner and caller make one step. ``count_role_calls=True`` counts every
+:class:`Generate` request instead (two per multi-LLM step). A DFS stops at
+``max_query_count``: a policy that would go past it is stopped before its request and its
+step dropped, as ToolBench drops the output of the call that reaches the cap. ToolBench's
+CoT has no such cap; ours has one only when it is given.
 """
 
 from __future__ import annotations
@@ -257,9 +260,11 @@ def search(
     env: QueryEnv,
     *,
     max_steps: int = MAX_STEPS,
-    max_query_count: int = MAX_QUERY_COUNT,
+    max_query_count: int | None = None,
+    count_role_calls: bool = False,
 ) -> Generator[Request, object, SearchResult]:
-    """The search a ``--method`` names, as a generator."""
+    """The search a ``--method`` names, as a generator. ``max_query_count`` ``None``:
+    ToolBench's (:data:`MAX_QUERY_COUNT` for a DFS, no cap for CoT)."""
     parsed = parse_method(method) if isinstance(method, str) else method
     if parsed.kind == "CoT":
         return cot(
@@ -269,14 +274,16 @@ def search(
             max_steps=max_steps,
             max_query_count=max_query_count,
             method=parsed.name,
+            count_role_calls=count_role_calls,
         )
     return dfs(
         policy,
         env,
         width=parsed.n,
         max_steps=max_steps,
-        max_query_count=max_query_count,
+        max_query_count=MAX_QUERY_COUNT if max_query_count is None else max_query_count,
         method=parsed.name,
+        count_role_calls=count_role_calls,
     )
 
 
@@ -288,8 +295,15 @@ def search(
 class _Run:
     """What the steps of one query share: the policy, the environment, the call count."""
 
-    def __init__(self, policy: Policy, env: QueryEnv, max_query_count: int | None):
+    def __init__(
+        self,
+        policy: Policy,
+        env: QueryEnv,
+        max_query_count: int | None,
+        count_role_calls: bool = False,
+    ):
         self.policy, self.env, self.cap = policy, env, max_query_count
+        self.count_role_calls = count_role_calls
         self.query_count = 0
 
     @property
@@ -297,18 +311,21 @@ class _Run:
         return self.cap is not None and self.query_count >= self.cap
 
     def decide(self, messages: list[dict]) -> Generator[Request, object, dict | None]:
-        """The policy's next message, counting its LLM calls; ``None`` when it would go past
-        the cap (the policy is stopped before that request). An error thrown in for a
-        request (a model that failed) is thrown into the policy, which may handle it."""
+        """The policy's next message, counting the step (or each LLM call, with
+        ``count_role_calls``); ``None`` when it would go past the cap (the policy is stopped
+        before that request). An error thrown in for a request (a model that failed) is
+        thrown into the policy, which may handle it."""
         seen = [dict(m) for m in messages if m.get("valid") is not False]
         decision = self.policy.decide(seen, self.env.functions)
+        counted = False
         try:
             request = next(decision)
             while True:
-                if isinstance(request, Generate):
+                if isinstance(request, Generate) and (self.count_role_calls or not counted):
                     if self.at_cap:
                         return None
                     self.query_count += 1
+                    counted = True
                 try:
                     reply = yield request
                 except Exception as exc:  # a call that failed: the policy may handle it
@@ -424,6 +441,7 @@ def cot(
     answer: int = 1,
     max_query_count: int | None = None,
     method: str | None = None,
+    count_role_calls: bool = False,
 ) -> Generator[Request, object, SearchResult]:
     """Up to ``n`` independent chains, stopping once ``answer`` of them gave an answer.
 
@@ -438,7 +456,7 @@ def cot(
         env.functions,
         {"single_chain_max_step": max_steps, "pass_at": n, "answer": answer},
     )
-    run = _Run(policy, env, max_query_count)
+    run = _Run(policy, env, max_query_count, count_role_calls)
     successes = 0
     for _ in range(n):
         node = Node(ACTION_INPUT, messages=env.initial_messages())
@@ -480,6 +498,7 @@ def dfs(
     max_query_count: int = MAX_QUERY_COUNT,
     answer: int = 1,
     method: str | None = None,
+    count_role_calls: bool = False,
 ) -> Generator[Request, object, SearchResult]:
     """Depth-first search in preorder: each node gets up to ``width`` children, the second
     and later ones asked for with the diversity prompt; a final answer or a give-up sends
@@ -498,7 +517,8 @@ def dfs(
         },
     )
     result.root = Node(ACTION_INPUT, messages=env.initial_messages())
-    search = _Dfs(_Run(policy, env, max_query_count), result, width, max_steps, answer)
+    run = _Run(policy, env, max_query_count, count_role_calls)
+    search = _Dfs(run, result, width, max_steps, answer)
     yield from search.visit(result.root)
     result.query_count = search.run.query_count
     return result
