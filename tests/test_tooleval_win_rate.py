@@ -152,3 +152,23 @@ def test_the_shortcut_fires_on_stabletoolbench_results(tmp_path: Path, shared) -
     )["588"]
     assert (ours["virtual_chatgpt_cot"], ours["virtual_chatgpt_dfs"]) == (0, 3)
     assert set(ours["rounds"].values()) == {"output (shortcut)"}
+
+
+def test_the_shortcut_reads_each_record_as_its_reference_does() -> None:
+    """ToolBench's votes: its ``eval_preference.py`` reads ``machine_label``, the CSV label of
+    ``write_results`` (passed when ``passed > failed``, failed when fewer, ``if random.random()
+    < 0.5`` on a tie); StableToolBench's statuses: the most frequent one, Solved against
+    Unsolved only (its commented-out shortcut), so an Unsure majority decides nothing."""
+    from inference_utils.tooleval.answer_status import tied_vote_passes
+    from inference_utils.tooleval.win_rate import passed
+
+    assert passed({"passed": 3, "failed": 1}) is True
+    assert passed({"passed": 1, "failed": 3}) is False
+    assert passed({"passed": 0, "failed": 4, "missing": True}) is False
+    coins = {q: passed({"passed": 2, "failed": 2}, 42, q) for q in ("q1", "q2", "q3", "q4")}
+    assert coins == {q: tied_vote_passes(42, q) for q in coins} and len(set(coins.values())) == 2
+    solved, unsolved, unsure = (f"AnswerStatus.{s}" for s in ("Solved", "Unsolved", "Unsure"))
+    assert passed({"is_solved": {"0": solved, "1": solved, "2": unsure}}) is True
+    assert passed({"is_solved": {"0": unsolved, "1": unsolved, "2": solved}}) is False
+    assert passed({"is_solved": {"0": unsure, "1": unsure, "2": solved}}) is None
+    assert passed(None) is None

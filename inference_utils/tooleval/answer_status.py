@@ -6,6 +6,7 @@ sets lie (ToolBench's test sets and layouts)."""
 from __future__ import annotations
 
 import json
+import random
 import re
 from pathlib import Path
 
@@ -80,6 +81,13 @@ def is_passed(answer_status: str, task_status: str) -> str:
     if answer_status == UNSOLVED and task_status == SOLVABLE:
         return "Failed"
     return "Unsure"
+
+
+def tied_vote_passes(seed: int, qid: str) -> bool:
+    """ToolBench's label of a query whose passed and failed votes are equal: a coin
+    (``write_results`` in its ``eval_pass_rate.py``), here seeded by the query so that the
+    pass-rate CSV and the win-rate shortcut agree and a re-run repeats."""
+    return random.Random(f"{seed}-{qid}-label").random() < 0.5
 
 
 def load_test_ids(folder: Path, test_set: str) -> list[str] | None:

@@ -4,7 +4,9 @@ of candidate answers against reference answers, with two defects of the referenc
 Each round of each test query is decided in this order:
 
 1. **The shortcut**: when the pass-rate results say that exactly one of the two answers passed,
-   it wins the round without a judge call. (StableToolBench's shortcut never fires: it reads
+   it wins the round without a judge call (read as each record's reference reads it: ToolBench's
+   label, a seeded coin on a tied vote; StableToolBench's majority status, Solved against
+   Unsolved only; see :func:`passed`). (StableToolBench's shortcut never fires: it reads
    the solved verdicts back from its CSV as the text of a dict, which never equals a status.)
 2. An answer that is missing loses the round.
 3. **A preference judgment**, ToolEval's: the judge checks whether each answer is solved; a
@@ -38,11 +40,13 @@ from inference_utils.endpoints import EndpointError
 from inference_utils.tooleval.answer_status import (
     SOLVED,
     TEST_SETS,
+    UNSOLVED,
     UNSURE,
     check_is_solved,
     converted_file,
     load_test_ids,
     steps,
+    tied_vote_passes,
     tool_names,
 )
 from inference_utils.tooleval.judge import Judge, RubricError
@@ -58,16 +62,32 @@ from process_data.protocol import file_name_part
 REF, OUT, EQUAL = "ref", "output", "equal"
 
 
-def passed(record: dict | None) -> bool | None:
-    """Whether a pass-rate record (ours, ToolBench's or StableToolBench's JSON) passed; None
-    when there is none. ToolBench's: its votes; StableToolBench's: its most frequent verdict."""
+def passed(record: dict | None, seed: int = 0, qid: str = "") -> bool | None:
+    """What a pass-rate record (ours, ToolBench's or StableToolBench's JSON) says for the
+    shortcut, as the record's reference reads it; None when there is none or it says nothing.
+
+    * Votes (``passed``, ``failed``; ToolBench's mode): ToolBench's ``eval_preference.py``
+      reads ``machine_label`` from the pass-rate CSV, whose ``write_results`` labels a query
+      passed when its passed votes outnumber its failed ones, failed when fewer, and by a
+      coin on a tie (``random.random() < 0.5``); here the coin is seeded by the query. A
+      query without an answer failed.
+    * Statuses by round (``is_solved``; StableToolBench's SoPR): the most frequent one.
+      StableToolBench's intended shortcut (commented out in its ``eval_preference.py``)
+      compares ``AnswerStatus.Solved`` with ``AnswerStatus.Unsolved`` only, so Solved passes,
+      Unsolved fails, and Unsure says nothing.
+    """
     if record is None:
         return None
     if "passed" in record and "failed" in record:
-        return record["failed"] <= record["passed"] and not record.get("missing")
+        if record.get("missing"):
+            return False
+        if record["passed"] != record["failed"]:
+            return record["passed"] > record["failed"]
+        return tied_vote_passes(seed, qid)
     verdicts = record.get("is_solved")
     if isinstance(verdicts, dict) and verdicts:
-        return Counter(verdicts.values()).most_common(1)[0][0] == f"AnswerStatus.{SOLVED}"
+        majority = Counter(verdicts.values()).most_common(1)[0][0]
+        return {f"AnswerStatus.{SOLVED}": True, f"AnswerStatus.{UNSOLVED}": False}.get(majority)
     return None
 
 
@@ -128,7 +148,8 @@ def decide(
     round_: int,
     seed: int,
 ) -> Round:
-    ref_ok, out_ok = passed(ref_pass.get(qid)), passed(out_pass.get(qid))
+    ref_ok = passed(ref_pass.get(qid), seed, qid)
+    out_ok = passed(out_pass.get(qid), seed, qid)
     if ref_ok is not None and out_ok is not None and ref_ok != out_ok:
         return Round(qid, round_, REF if ref_ok else OUT, "shortcut")
     if qid not in refs or qid not in outs:
