@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from pathlib import Path
 
 from conftest import SHARED, read_json
@@ -172,3 +173,26 @@ def test_the_shortcut_reads_each_record_as_its_reference_does() -> None:
     assert passed({"is_solved": {"0": unsolved, "1": unsolved, "2": solved}}) is False
     assert passed({"is_solved": {"0": unsure, "1": unsure, "2": solved}}) is None
     assert passed(None) is None
+
+
+def test_order_random_shuffles_as_the_references_do(tmp_path: Path) -> None:
+    """``--order random``: each round shows the two answers in the order of a coin seeded by
+    the query and the round, as the references' ``annotate_preference`` shuffles them
+    (``random.shuffle(indices)``); a judge that always picks the first answer shown then wins
+    each side the rounds the coin shows it first."""
+    paths = setup(tmp_path)
+    with ScriptedJudge(SCRIPT) as judge:
+        assert run(paths, judge, tmp_path / "win", "--order", "random") == 0
+        compared = [
+            b["messages"][0]["content"]
+            for b in judge.requests
+            if b["tool_choice"]["function"]["name"] == "select_better_answer"
+            and "[q2]" in b["messages"][0]["content"]
+        ]
+    shown_first = [t.index("[q2-ref]") < t.index("[q2-out]") for t in compared]
+    coins = [random.Random(f"42-q2-{r}-order").random() < 0.5 for r in range(2)]
+    assert shown_first == coins
+    votes = read_json(tmp_path / "win" / "G1_instruction_ref_out.json")["q2"]
+    assert (votes["ref"], votes["out"]) == (sum(coins), 2 - sum(coins))
+    summary = read_json(tmp_path / "win" / "G1_instruction_ref_out.summary.json")
+    assert summary["order"] == "random"

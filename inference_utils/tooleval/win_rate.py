@@ -12,9 +12,13 @@ Each round of each test query is decided in this order:
 3. **A preference judgment**, ToolEval's: the judge checks whether each answer is solved; a
    single Solved answer wins, else a single Unsure one, else the judge compares the two
    (``select_better_answer``). The order in which the two answers are shown alternates between
-   rounds: the reference first in even rounds, the candidate first in odd ones. (ToolBench and
-   StableToolBench mean to alternate, but their test, ``i % 2 == 0 or i >= 0``, is always true,
-   so the reference is always shown first before their random shuffle.)
+   rounds: the reference first in even rounds, the candidate first in odd ones, so a judge that
+   prefers a position gives a tie rather than noise. ToolBench and StableToolBench mean to
+   alternate too, but their test, ``i % 2 == 0 or i >= 0``, is always true, so they always pass
+   the reference first, and ``annotate_preference`` then shuffles the two at random
+   (``random.shuffle(indices)``): the judge sees a random order in every round, and a position
+   bias adds noise to their numbers, not a lean toward either side. ``--order random`` does the
+   same, with a coin seeded by the query and the round.
 
 The candidate wins a query when it won more rounds than the reference, and ties when they
 won as many. Outputs are ToolBench's (``<set>_<ref>_<out>.json`` with the votes per query and a
@@ -60,6 +64,8 @@ from process_data.jsonio import write_json_atomic
 from process_data.protocol import file_name_part
 
 REF, OUT, EQUAL = "ref", "output", "equal"
+#: ``--order``: which answer the judge is shown first.
+ALTERNATE, RANDOM = "alternate", "random"
 
 
 def passed(record: dict | None, seed: int = 0, qid: str = "") -> bool | None:
@@ -100,9 +106,17 @@ def _shown(example: dict) -> dict:
     return answer
 
 
-def prefer(judge: Judge, qid: str, ref: dict, out: dict, round_: int, seed: int) -> str:
-    """One round's preference judgment: ``"ref"``, ``"output"`` or ``"equal"``."""
-    first_is_ref = round_ % 2 == 0
+def prefer(
+    judge: Judge, qid: str, ref: dict, out: dict, round_: int, seed: int, order: str = ALTERNATE
+) -> str:
+    """One round's preference judgment: ``"ref"``, ``"output"`` or ``"equal"``. ``order``
+    :data:`ALTERNATE` shows the reference first in even rounds; :data:`RANDOM` shuffles the
+    two as the references' ``annotate_preference`` does (``random.shuffle(indices)``), here
+    with a coin seeded by the query and the round."""
+    if order == RANDOM:
+        first_is_ref = random.Random(f"{seed}-{qid}-{round_}-order").random() < 0.5
+    else:
+        first_is_ref = round_ % 2 == 0
     pair = [(REF, ref), (OUT, out)] if first_is_ref else [(OUT, out), (REF, ref)]
     statuses = [
         check_is_solved(judge, ref["query"], example["answer"], round_)[0] for _, example in pair
@@ -147,6 +161,7 @@ def decide(
     out_pass: dict,
     round_: int,
     seed: int,
+    order: str = "alternate",
 ) -> Round:
     ref_ok = passed(ref_pass.get(qid), seed, qid)
     out_ok = passed(out_pass.get(qid), seed, qid)
@@ -154,7 +169,8 @@ def decide(
         return Round(qid, round_, REF if ref_ok else OUT, "shortcut")
     if qid not in refs or qid not in outs:
         return Round(qid, round_, OUT if qid not in refs else REF, "missing answer")
-    return Round(qid, round_, prefer(judge, qid, refs[qid], outs[qid], round_, seed), "judge")
+    winner = prefer(judge, qid, refs[qid], outs[qid], round_, seed, order)
+    return Round(qid, round_, winner, "judge")
 
 
 @dataclass
@@ -194,7 +210,7 @@ def evaluate_set(
     jobs = [(qid, r) for qid in test_ids for r in range(args.evaluate_times)]
     rounds = judge_all(
         decide,
-        [(judge, q, refs, outs, ref_pass, out_pass, r, args.seed) for q, r in jobs],
+        [(judge, q, refs, outs, ref_pass, out_pass, r, args.seed, args.order) for q, r in jobs],
         args.max_eval_threads,
         f"win rate {test_set}",
     )
@@ -262,6 +278,7 @@ def write_set(result: WinResult, refs: dict, outs: dict, args: argparse.Namespac
         "reference": args.ref_name,
         "candidate": args.out_name,
         "evaluate_times": args.evaluate_times,
+        "order": args.order,
         "queries": result.queries,
         "wins": result.wins,
         "losses": result.losses,
@@ -328,13 +345,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_path", type=Path, default=Path("preference_results"))
     p.add_argument("--evaluate_times", type=int, default=2)
     p.add_argument("--max_eval_threads", type=int, default=16)
-    p.add_argument("--seed", type=int, default=42, help="for choosing between identical answers")
+    p.add_argument(
+        "--order",
+        choices=[ALTERNATE, RANDOM],
+        default=ALTERNATE,
+        help="which answer the judge sees first: alternate (the reference in even rounds) or "
+        "random (the references' shuffle, seeded)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=42, help="for identical answers, tied votes and --order random"
+    )
     add_judge_flags(p)
     return p  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.order == ALTERNATE and args.evaluate_times % 2:
+        n = args.evaluate_times
+        print(
+            f"umi-tooleval-win-rate: --evaluate_times {n} is odd: the reference is shown first "
+            f"in {(n + 1) // 2} of the {n} rounds (an even number balances the order)",
+            file=sys.stderr,
+        )
     ref_root = args.ref_converted_answer_path or args.converted_answer_path
     out_root = args.output_converted_answer_path or args.converted_answer_path
     if ref_root is None or out_root is None:
