@@ -196,3 +196,68 @@ def test_order_random_shuffles_as_the_references_do(tmp_path: Path) -> None:
     assert (votes["ref"], votes["out"]) == (sum(coins), 2 - sum(coins))
     summary = read_json(tmp_path / "win" / "G1_instruction_ref_out.summary.json")
     assert summary["order"] == "random"
+
+
+def test_the_preference_question_is_the_references_byte_for_byte(tmp_path: Path, shared) -> None:
+    """With ToolBench's evaluator folder, the ``select_better_answer`` question equals the one
+    its evaluator builds for the same two answers: ``process_answer`` (the final answer cut to
+    1,000 characters, ``answer_details[:3000]``, ``method`` removed), ``json.dumps`` of each,
+    and the ``<description>`` of the function's ``<function>`` block of ``template.txt``
+    filled with ``str.format`` (``OpenAINormalizedEvaluator.function_call``)."""
+    import re
+
+    folder = SHARED / "toolbench" / "tooleval_evaluators" / "tooleval_gpt-3.5-turbo_default"
+    real = read_json(SHARED / "toolbench" / "tooleval_default_evalset" / "G1_instruction.json")
+    example = next(e for e in real.values() if len(e["answer"]["final_answer"]) > 1000)
+    ref = json.loads(json.dumps(example))
+    out = json.loads(json.dumps(example))
+    ref["query"] = out["query"] = example["query"] + " [q1]"
+    # tags the scripted judge reads, where the cut to 1,000 characters keeps them
+    ref["answer"]["final_answer"] = "[q1-ref] " + ref["answer"]["final_answer"]
+    out["answer"]["final_answer"] = "[q1-out] " + out["answer"]["final_answer"]
+    out["answer"]["method"] = "another method"
+    for name, side in (("ref", ref), ("out", out)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "G1_instruction.json").write_text(json.dumps({"q1": side}))
+    (tmp_path / "ids").mkdir()
+    (tmp_path / "ids" / "G1_instruction.json").write_text(json.dumps({"q1": 0}))
+    script = {
+        ("check_answer_status", "q1-ref"): [S],
+        ("check_answer_status", "q1-out"): [S],
+        ("select_better_answer", "q1"): [{"index": 0}],
+    }
+    argv = [
+        "--ref_converted_answer_path", str(tmp_path / "ref"),
+        "--output_converted_answer_path", str(tmp_path / "out"),
+        "--test_ids", str(tmp_path / "ids"), "--save_path", str(tmp_path / "win"),
+        "--evaluate_times", "1", "--evaluator_dir", str(folder),
+    ]  # fmt: skip
+    with ScriptedJudge(script) as judge:
+        assert win_rate_main([*argv, "--api_base", judge.url]) == 0
+        asked = [
+            b["messages"][0]["content"]
+            for b in judge.requests
+            if b["tool_choice"]["function"]["name"] == "select_better_answer"
+        ]
+
+    def process_answer(answer: dict) -> dict:
+        answer = json.loads(json.dumps(answer))
+        answer["final_answer"] = answer["final_answer"][:1000]
+        answer["answer_details"] = answer["answer_details"][:3000]
+        answer.pop("method", None)
+        return answer
+
+    template = (folder / "template.txt").read_text(encoding="utf-8")
+    blocks = re.findall(r"<function>(.*?)</function>", template, re.DOTALL)
+    descriptions = {
+        re.findall(r"<name>(.*?)</name>", b, re.DOTALL)[0]: re.findall(
+            r"<description>(.*?)</description>", b, re.DOTALL
+        )[0]
+        for b in blocks
+    }
+    theirs = str(descriptions["select_better_answer"]).format(
+        query=ref["query"],
+        answer_0=json.dumps(process_answer(ref["answer"])),
+        answer_1=json.dumps(process_answer(out["answer"])),
+    )
+    assert asked == [theirs] and len(theirs) < len(json.dumps(ref["answer"])) + len(template)
