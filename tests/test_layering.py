@@ -179,7 +179,7 @@ PROTOCOL_MARKERS = (
 )
 #: Spellings that mean something else where they stand.
 ALLOWED = {
-    ("inference_utils/tooleval/pass_rate.py", "none"): "the --compat flag's value",
+    ("inference_utils/tooleval/answer_status.py", "none"): "the --compat flag's value",
 }
 
 

@@ -196,6 +196,10 @@ def test_order_random_shuffles_as_the_references_do(tmp_path: Path) -> None:
     assert (votes["ref"], votes["out"]) == (sum(coins), 2 - sum(coins))
     summary = read_json(tmp_path / "win" / "G1_instruction_ref_out.summary.json")
     assert summary["order"] == "random"
+    # --compat toolbench (or stable) is the references' way: the same shuffled order
+    with ScriptedJudge(SCRIPT) as judge:
+        assert run(paths, judge, tmp_path / "tb", "--compat", "toolbench") == 0
+    assert read_json(tmp_path / "tb" / "G1_instruction_ref_out.json")["q2"] == votes
 
 
 def test_the_preference_question_is_the_references_byte_for_byte(tmp_path: Path, shared) -> None:

@@ -83,6 +83,12 @@ def is_passed(answer_status: str, task_status: str) -> str:
     return "Unsure"
 
 
+#: The ``--compat`` values that reproduce a reference's figures, and the default: ours.
+REFERENCES = ("toolbench", "stable")
+OURS = "none"
+COMPAT_CHOICES = (OURS, *REFERENCES)
+
+
 def tied_vote_passes(seed: int, qid: str) -> bool:
     """ToolBench's label of a query whose passed and failed votes are equal: a coin
     (``write_results`` in its ``eval_pass_rate.py``), here seeded by the query so that the

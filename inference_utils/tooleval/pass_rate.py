@@ -41,6 +41,9 @@ from pathlib import Path
 
 from inference_utils.endpoints import EndpointError
 from inference_utils.tooleval.answer_status import (
+    COMPAT_CHOICES,
+    OURS,
+    REFERENCES,
     SCORE,
     SOLVABLE,
     SOLVED,
@@ -67,8 +70,6 @@ from inference_utils.tooleval.judge_flags import (
 from process_data.jsonio import write_json_atomic
 
 PASSED, FAILED = "passed", "failed"
-#: The ``--compat`` values that reproduce a reference's figures.
-REFERENCES = ("toolbench", "stable")
 
 
 def coin(seed: int, qid: str, round_: int) -> str:
@@ -290,8 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["toolbench", "stable"], default="toolbench")
     p.add_argument(
         "--compat",
-        choices=["none", *REFERENCES],
-        default="none",
+        choices=COMPAT_CHOICES,
+        default=OURS,
         help="toolbench, stable: leave unanswered queries out of the denominator, as "
         "ToolBench and StableToolBench do",
     )

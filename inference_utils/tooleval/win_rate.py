@@ -42,6 +42,9 @@ from pathlib import Path
 
 from inference_utils.endpoints import EndpointError
 from inference_utils.tooleval.answer_status import (
+    COMPAT_CHOICES,
+    OURS,
+    REFERENCES,
     SOLVED,
     TEST_SETS,
     UNSOLVED,
@@ -279,6 +282,7 @@ def write_set(result: WinResult, refs: dict, outs: dict, args: argparse.Namespac
         "candidate": args.out_name,
         "evaluate_times": args.evaluate_times,
         "order": args.order,
+        "compat": args.compat,
         "queries": result.queries,
         "wins": result.wins,
         "losses": result.losses,
@@ -348,9 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--order",
         choices=[ALTERNATE, RANDOM],
-        default=ALTERNATE,
-        help="which answer the judge sees first: alternate (the reference in even rounds) or "
-        "random (the references' shuffle, seeded)",
+        help="which answer the judge sees first: alternate (the reference in even rounds; the "
+        "default) or random (the references' shuffle, seeded; the default with --compat)",
+    )
+    p.add_argument(
+        "--compat",
+        choices=COMPAT_CHOICES,
+        default=OURS,
+        help="toolbench, stable: the reference's way (the answers shown in a random order)",
     )
     p.add_argument(
         "--seed", type=int, default=42, help="for identical answers, tied votes and --order random"
@@ -361,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.order is None:
+        args.order = RANDOM if args.compat in REFERENCES else ALTERNATE
     if args.order == ALTERNATE and args.evaluate_times % 2:
         n = args.evaluate_times
         print(
