@@ -340,3 +340,39 @@ def test_the_judge_samples_as_tooleval_and_a_greedy_judge_is_asked_once(data, tm
         records = read_json(tmp_path / "greedy" / "G1_instruction_m.json")
         assert (records["q6"]["passed"], records["q6"]["failed"]) == (4, 0)  # round 0's, 4 times
         assert read_json(tmp_path / "greedy" / "G1_instruction_m.summary.json")["std"] == 0
+
+
+def test_compat_gives_the_references_numbers_from_the_same_verdicts(data, tmp_path) -> None:
+    """With ``--compat toolbench`` / ``--compat stable``, the summary's pass rate is what the
+    reference's own ``eval_pass_rate.py`` prints from the records we write (the same shape as
+    its ``label_cnt``):
+
+    * ToolBench: ``if label_cnt[query_id]["failed"] <= label_cnt[query_id]["passed"]:
+      pass_rate += 1`` over the records, then ``pass_rate /= len(label_cnt)``;
+    * StableToolBench: per round, ``score += 1`` for ``"AnswerStatus.Solved"``, ``0.5`` for
+      ``"AnswerStatus.Unsure"``, nothing otherwise or for a missing round, ``scores.append(
+      score / len(label_cnt))``; then ``sum(scores) / len(scores) * 100`` and
+      ``np.std(scores) * 100``.
+    """
+    with ScriptedJudge(SCRIPT) as judge:
+        assert run(data, judge, tmp_path / "tb", "--compat", "toolbench") == 0
+    label_cnt = read_json(tmp_path / "tb" / "G1_instruction_m.json")
+    theirs = sum(r["failed"] <= r["passed"] for r in label_cnt.values()) / len(label_cnt)
+    summary = read_json(tmp_path / "tb" / "G1_instruction_m.summary.json")
+    assert summary["pass_rate"] == pytest.approx(100 * theirs)
+
+    with ScriptedJudge(SCRIPT) as judge:
+        flags = ("--mode", "stable", "--compat", "stable")
+        assert run(data, judge, tmp_path / "stb", *flags) == 0
+    label_cnt = read_json(tmp_path / "stb" / "G1_instruction_m.json")
+    scores = []
+    for runtime in range(4):
+        score = 0.0
+        for record in label_cnt.values():
+            solved = {int(k): v for k, v in record["is_solved"].items()}
+            status = solved.get(runtime)
+            score += {"AnswerStatus.Solved": 1, "AnswerStatus.Unsure": 0.5}.get(status, 0)
+        scores.append(score / len(label_cnt))
+    summary = read_json(tmp_path / "stb" / "G1_instruction_m.summary.json")
+    assert summary["pass_rate"] == pytest.approx(sum(scores) / len(scores) * 100)
+    assert summary["std"] == pytest.approx(statistics.pstdev(scores) * 100)  # np.std
