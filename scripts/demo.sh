@@ -28,6 +28,9 @@ $py -c "import sys; from GLPFT.train import cpu_bf16_is_native as n; sys.exit(no
 scripts/train_glpft.sh --data "$out/data" --out "$out/glpft" --lora 8 -- \
   --max_steps 2 --per_device_train_batch_size 1 --model_max_length 1024 "${bf16[@]}" \
   --save_strategy no --logging_steps 1
+# what earlier runs derived from the models is stale now that they are retrained: inference and
+# the agent would resume from it (the tool server's cache does not depend on the models)
+rm -rf "$out/static" "$out/answers" "$out/tooleval"
 echo "== static evaluation of the trained roles on the sample's steps (one base, 3 adapters)"
 $py -m inference_utils.static.infer --data_path "$out/data/raw_data/raw_data_stage_2.json" \
   --output_dir "$out/static" --num_infer_samples 12 --max_new_tokens 48 \
