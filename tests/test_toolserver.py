@@ -427,7 +427,12 @@ def test_stb_cache_import_reports_bad_keys_and_round_trips(tmp_path: Path, monke
 
 
 def test_the_server_serves_an_imported_cache(tmp_path: Path, shared) -> None:
+    """An imported call is served from the cache, also for an API the query files do not
+    list (StableToolBench's cache may hold one); another call of that API is an error naming
+    it, where StableToolBench's server would simulate it."""
     src = write_stb_cache(tmp_path / "stb")
+    unlisted = {"{'q': 'x'}": {"error": "", "response": "from the cache"}}
+    (src / "Data" / "theclique_for_Data" / "not_listed.json").write_text(json.dumps(unlisted))
     srv = ToolServer(
         tmp_path,
         "--queries",
@@ -443,6 +448,10 @@ def test_the_server_serves_an_imported_cache(tmp_path: Path, shared) -> None:
         ).json()
         assert answer == STB_KEYS["{'q': 'paris', 'limit': 5}"]
         assert srv.stats()["sources"]["cache"] == 1
+        hit = srv.post(call("Data", "theclique", "not_listed", {"q": "x"})).json()
+        assert hit == unlisted["{'q': 'x'}"]
+        miss = srv.post(call("Data", "theclique", "not_listed", {"q": "y"})).json()
+        assert "No such API" in miss["error"] and miss["response"] == ""
         assert "6 keys or files not imported" in srv.log.read_text()
         rejects = (tmp_path / "c.sqlite.import-rejects.jsonl").read_text().splitlines()
         assert len(rejects) == 6
