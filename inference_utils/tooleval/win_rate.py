@@ -109,17 +109,21 @@ def _shown(example: dict) -> dict:
     return answer
 
 
+def reference_first(order: str, seed: int, qid: str, round_: int) -> bool:
+    """Whether the judge is shown the reference first in a round: :data:`ALTERNATE`, in even
+    rounds; :data:`RANDOM`, by a coin seeded by the query and the round, as the references'
+    ``annotate_preference`` shuffles the two (``random.shuffle(indices)``)."""
+    if order == RANDOM:
+        return random.Random(f"{seed}-{qid}-{round_}-order").random() < 0.5
+    return round_ % 2 == 0
+
+
 def prefer(
     judge: Judge, qid: str, ref: dict, out: dict, round_: int, seed: int, order: str = ALTERNATE
 ) -> str:
-    """One round's preference judgment: ``"ref"``, ``"output"`` or ``"equal"``. ``order``
-    :data:`ALTERNATE` shows the reference first in even rounds; :data:`RANDOM` shuffles the
-    two as the references' ``annotate_preference`` does (``random.shuffle(indices)``), here
-    with a coin seeded by the query and the round."""
-    if order == RANDOM:
-        first_is_ref = random.Random(f"{seed}-{qid}-{round_}-order").random() < 0.5
-    else:
-        first_is_ref = round_ % 2 == 0
+    """One round's preference judgment: ``"ref"``, ``"output"`` or ``"equal"``, with the
+    answers in the ``order`` of :func:`reference_first`."""
+    first_is_ref = reference_first(order, seed, qid, round_)
     pair = [(REF, ref), (OUT, out)] if first_is_ref else [(OUT, out), (REF, ref)]
     statuses = [
         check_is_solved(judge, ref["query"], example["answer"], round_)[0] for _, example in pair
