@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+from bench_prepro import free_port
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -167,12 +167,6 @@ class RoleServer:
 
     def stop(self) -> None:
         self.server.should_exit = True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_toolserver(work: Path) -> subprocess.Popen:

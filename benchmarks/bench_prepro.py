@@ -26,6 +26,7 @@ import os
 import platform
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -213,6 +214,13 @@ def table(runs: list[Measure], base: Measure) -> str:
             f"| {m.tree_rss / MIB:,.0f} | {m.single_rss / MIB:,.0f} | {m.rate / base.rate:.2f}× |"
         )
     return "\n".join(lines)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a server a benchmark starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def machine() -> str:

@@ -23,13 +23,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench_prepro import machine, write_results
+from bench_prepro import free_port, machine, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -89,12 +88,6 @@ def candidates(test_set: str, num_queries: int, folder: Path) -> tuple[Path, lis
     ids.mkdir()
     (ids / f"{test_set}.json").write_text(json.dumps(dict.fromkeys(picked, 0)))
     return folder, list(picked)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def by_position(records: dict, order: str, seed: int) -> dict:

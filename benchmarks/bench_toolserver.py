@@ -31,7 +31,6 @@ import asyncio
 import datetime
 import json
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from pathlib import Path
 
 import httpx
 import orjson
-from bench_prepro import machine, write_results
+from bench_prepro import free_port, machine, write_results
 from fastapi import FastAPI
 from pydantic import BaseModel
 
@@ -155,12 +154,6 @@ def measure(server: str, source: str, port: int, bodies: list[bytes], clients: i
     return Measure(
         server, source, clients, len(bodies), seconds, cuts[49] * 1e3, cuts[98] * 1e3, errors
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(cmd: list[str], port: int, log: Path) -> subprocess.Popen:

@@ -96,6 +96,19 @@ def tied_vote_passes(seed: int, qid: str) -> bool:
     return random.Random(f"{seed}-{qid}-label").random() < 0.5
 
 
+def votes_pass(record: dict, seed: int, qid: str) -> bool:
+    """ToolBench's ``pass_rate_label`` of a record of votes (``passed``, ``failed``), as its
+    ``write_results`` writes it and its ``eval_preference.py`` reads it back: passed when the
+    passed votes outnumber the failed ones, failed when fewer, :func:`tied_vote_passes` on a
+    tie. A query without an answer failed. (The printed pass rate counts a tie as passed:
+    ``failed <= passed``.)"""
+    if record.get("missing"):
+        return False
+    if record["passed"] != record["failed"]:
+        return record["passed"] > record["failed"]
+    return tied_vote_passes(seed, qid)
+
+
 def load_test_ids(folder: Path, test_set: str) -> list[str] | None:
     path = folder / f"{test_set}.json"
     if not path.is_file():

@@ -57,8 +57,8 @@ from inference_utils.tooleval.answer_status import (
     load_test_ids,
     not_hallucinated,
     steps,
-    tied_vote_passes,
     tool_names,
+    votes_pass,
 )
 from inference_utils.tooleval.judge import Judge, RubricError
 from inference_utils.tooleval.judge_flags import (
@@ -216,17 +216,6 @@ def _record(
     } | ({} if example else {"missing": True})
 
 
-def csv_label_passes(qid: str, record: dict, seed: int) -> bool:
-    """The CSV's ``pass_rate_label``, as ToolBench's ``write_results`` writes it: passed when
-    the passed votes outnumber the failed ones, a coin on a tie (the printed pass rate counts
-    a tie as passed: ``failed <= passed``)."""
-    if record.get("missing"):
-        return False
-    if record["passed"] != record["failed"]:
-        return record["passed"] > record["failed"]
-    return tied_vote_passes(seed, qid)
-
-
 def write_set(
     result: SetResult, save: Path, model: str, args: argparse.Namespace, answers: dict[str, dict]
 ) -> None:
@@ -246,7 +235,7 @@ def write_set(
             extra = ["is_solved", "pass_rate_label", "reason", "not_hallucinate"]
             out.writerow(["query", "solvable", "available_tools", *steps_of, *extra])
             for qid, r in result.records.items():
-                label = PASSED if csv_label_passes(qid, r, args.seed) else FAILED
+                label = PASSED if votes_pass(r, args.seed, qid) else FAILED
                 head = [r["query"], r["task_solvable"], str(r["tool_names"])]
                 body = [r["answer_steps"], r["final_step"], model, qid, r["is_solved"], label]
                 out.writerow([*head, *body, r["reason"], r["not_hallucinate"]])

@@ -53,8 +53,8 @@ from inference_utils.tooleval.answer_status import (
     converted_file,
     load_test_ids,
     steps,
-    tied_vote_passes,
     tool_names,
+    votes_pass,
 )
 from inference_utils.tooleval.judge import Judge, RubricError
 from inference_utils.tooleval.judge_flags import (
@@ -88,11 +88,7 @@ def passed(record: dict | None, seed: int = 0, qid: str = "") -> bool | None:
     if record is None:
         return None
     if "passed" in record and "failed" in record:
-        if record.get("missing"):
-            return False
-        if record["passed"] != record["failed"]:
-            return record["passed"] > record["failed"]
-        return tied_vote_passes(seed, qid)
+        return votes_pass(record, seed, qid)
     verdicts = record.get("is_solved")
     if isinstance(verdicts, dict) and verdicts:
         majority = Counter(verdicts.values()).most_common(1)[0][0]
