@@ -235,11 +235,7 @@ class EndpointClient:
             self.json_mode = False
             return self.chat(messages, tools, response_format, decoding)
         message = _first_choice(answer, self.endpoint.url)["message"]
-        calls = tuple(
-            {"name": c["function"]["name"], "arguments": c["function"].get("arguments") or "{}"}
-            for c in message.get("tool_calls") or ()
-        )
-        return _result(assistant_text(message), answer, calls, decoding)
+        return _result(assistant_text(message), answer, _tool_calls(message), decoding)
 
     def call_function(
         self, messages: Sequence[dict], function: dict, decoding: Decoding | None = None
@@ -264,11 +260,9 @@ class EndpointClient:
             except _ToolsRejected:
                 self.tool_calling = False
             else:
-                calls = _first_choice(answer, self.endpoint.url)["message"].get("tool_calls")
+                calls = _tool_calls(_first_choice(answer, self.endpoint.url)["message"])
                 if calls:
-                    call = calls[0]["function"]
-                    arguments = call.get("arguments") or "{}"
-                    return _result("", answer, ({"name": call["name"], "arguments": arguments},))
+                    return _result("", answer, calls[:1])
                 self.tool_calling = False
         asked = ask_for_json(messages, function)
         return self.chat(asked, response_format={"type": "json_object"}, decoding=decoding)
@@ -441,6 +435,15 @@ def _retry_after(response: httpx.Response) -> float:
         return float(response.headers.get("retry-after", 0))
     except ValueError:
         return 0.0
+
+
+def _tool_calls(message: dict) -> tuple[dict, ...]:
+    """An answer message's tool calls as results hold them: ``{"name", "arguments"}``, the
+    arguments as text (``{}`` where the server gave none)."""
+    return tuple(
+        {"name": c["function"]["name"], "arguments": c["function"].get("arguments") or "{}"}
+        for c in message.get("tool_calls") or ()
+    )
 
 
 def _result(

@@ -109,6 +109,19 @@ def votes_pass(record: dict, seed: int, qid: str) -> bool:
     return tied_vote_passes(seed, qid)
 
 
+def win_rates(wins: int, ties: int, queries: int) -> dict[str, float]:
+    """A win-rate summary's rates (%) from its counts: ``win_rate``, the references' figure
+    (the queries won over all queries, ties apart: ``win_rate /= len(prefer_dict)`` in their
+    ``eval_preference.py``), ``tie_rate``, and ``win_rate_ties_as_half`` (50 is as good as the
+    reference)."""
+    n = max(queries, 1)
+    return {
+        "win_rate": 100 * wins / n,
+        "tie_rate": 100 * ties / n,
+        "win_rate_ties_as_half": 100 * (wins + 0.5 * ties) / n,
+    }
+
+
 def load_test_ids(folder: Path, test_set: str) -> list[str] | None:
     path = folder / f"{test_set}.json"
     if not path.is_file():

@@ -18,6 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from inference_utils.tooleval.answer_status import win_rates
+
 GROUPS = {
     "G1_instruction": "G1-inst",
     "G1_category": "G1-cat",
@@ -57,12 +59,7 @@ def win_figures(summary: dict) -> dict:
     n = summary.get("queries")
     if not isinstance(n, int) or n <= 0 or not all(k in summary for k in ("wins", "ties")):
         return summary
-    return {
-        **summary,
-        "win_rate": 100 * summary["wins"] / n,
-        "tie_rate": 100 * summary["ties"] / n,
-        "win_rate_ties_as_half": 100 * (summary["wins"] + 0.5 * summary["ties"]) / n,
-    }
+    return {**summary, **win_rates(summary["wins"], summary["ties"], n)}
 
 
 def _mean(values: list[float]) -> float | None:

@@ -55,6 +55,7 @@ from inference_utils.tooleval.answer_status import (
     steps,
     tool_names,
     votes_pass,
+    win_rates,
 )
 from inference_utils.tooleval.judge import Judge, RubricError
 from inference_utils.tooleval.judge_flags import (
@@ -187,19 +188,9 @@ class WinResult:
     judged: int  # rounds that needed the judge
 
     @property
-    def win_rate(self) -> float:
-        """The references' win rate: the queries the candidate won, over all queries
-        (``win_rate /= len(prefer_dict)`` in their ``eval_preference.py``; ties apart)."""
-        return 100 * self.wins / max(self.queries, 1)
-
-    @property
-    def tie_rate(self) -> float:
-        return 100 * self.ties / max(self.queries, 1)
-
-    @property
-    def win_rate_ties_half(self) -> float:
-        """Ties count as half: 50% means as good as the reference."""
-        return 100 * (self.wins + 0.5 * self.ties) / max(self.queries, 1)
+    def rates(self) -> dict[str, float]:
+        """The references' win rate, the tie rate and the win rate with ties as half."""
+        return win_rates(self.wins, self.ties, self.queries)
 
     @property
     def win_rate_decided(self) -> float:
@@ -287,9 +278,7 @@ def write_set(result: WinResult, refs: dict, outs: dict, args: argparse.Namespac
         "wins": result.wins,
         "losses": result.losses,
         "ties": result.ties,
-        "win_rate": result.win_rate,
-        "tie_rate": result.tie_rate,
-        "win_rate_ties_as_half": result.win_rate_ties_half,
+        **result.rates,
         "win_rate_without_ties": result.win_rate_decided,
         "judged_rounds": result.judged,
     }
@@ -415,10 +404,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return judge_failed("umi-tooleval-win-rate", test_set, exc)
         write_set(result, refs, outs, args)
         evaluated += 1
+        rates = result.rates
         print(
-            f"{test_set}: win rate {result.win_rate:.1f}% (queries won / all, as ToolBench "
-            f"and StableToolBench count it), ties {result.tie_rate:.1f}%; "
-            f"{result.win_rate_ties_half:.1f}% with ties as half, "
+            f"{test_set}: win rate {rates['win_rate']:.1f}% (queries won / all, as ToolBench "
+            f"and StableToolBench count it), ties {rates['tie_rate']:.1f}%; "
+            f"{rates['win_rate_ties_as_half']:.1f}% with ties as half, "
             f"{result.win_rate_decided:.1f}% without the {result.ties} ties; "
             f"over {result.queries} queries"
         )
