@@ -39,12 +39,9 @@ ORDERS = ("alternate", "random")
 
 def chain(answer: dict) -> list[dict]:
     """The nodes of a converted answer's first path, root first (each without ``next``)."""
-    nodes, level = [], answer["answer_details"]
-    while level:
-        node = level[0]
-        nodes.append({k: v for k, v in node.items() if k != "next"})
-        level = node.get("next") or []
-    return nodes
+    from inference_utils.tooleval.answer_status import first_path
+
+    return [{k: v for k, v in n.items() if k != "next"} for n in first_path(answer)]
 
 
 def nested(nodes: list[dict]) -> list[dict]:
@@ -58,8 +55,10 @@ def nested(nodes: list[dict]) -> list[dict]:
 
 def one_call_fewer(example: dict) -> dict | None:
     """The answer without its last tool call before ``Finish``; None when it has none."""
+    from inference_utils.tooleval.answer_status import finished
+
     nodes = chain(example["answer"])
-    finish = [i for i, n in enumerate(nodes) if "'name': 'Finish'" in str(n.get("message"))]
+    finish = [i for i, n in enumerate(nodes) if finished(str(n.get("message")))]
     end = finish[-1] if finish else len(nodes)
     calls = [i for i, n in enumerate(nodes[:end]) if n.get("role") == "tool"]
     if not calls:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from inference_utils.tooleval.judge import Judge
@@ -27,18 +28,26 @@ SCORE = {SOLVED: 1.0, UNSURE: 0.5, UNSOLVED: 0.0}
 _CALLED_NAME = re.compile(r"'name': '(.*?)'")
 
 
+def first_path(answer: dict) -> Iterator[dict]:
+    """The nodes of a converted answer's first path (each node's first ``next``), root
+    first, as ToolEval walks them."""
+    node = answer["answer_details"][0]
+    while True:
+        yield node
+        if not node.get("next"):
+            return
+        node = node["next"][0]
+
+
 def steps(example: dict) -> tuple[str, str]:
     """ToolEval's reading of an answer: its tool steps along the first path, as
     ``"Step k: <message>"`` lines, and the last of them as ``"Final step: <message>"``."""
-    lines, final, node = [], "", example["answer"]["answer_details"][0]
-    while True:
+    lines, final = [], ""
+    for node in first_path(example["answer"]):
         if node.get("message") and node.get("role") == "tool":
             text = str(node["message"])
             lines.append(f"Step {len(lines) + 1}: {text}")
             final = f"Final step: {text}"
-        if not node.get("next"):
-            break
-        node = node["next"][0]
     return "\n".join(lines), final
 
 
