@@ -765,6 +765,25 @@ def test_a_failing_role_endpoint_fails_its_queries_and_a_rerun_retries_them(
     assert summary["skipped"] == 1 and summary["run"] == 1 and summary["answered"] == 1
 
 
+def test_on_model_error_continue_goes_on_as_toolbench_does(
+    role_endpoints, toolserver, tmp_path
+) -> None:
+    """``--on_model_error continue``: the failed summarizer call becomes an assistant message
+    with the error's text, as ToolBench's ChatGPT client returns it, and the search goes on
+    (here to its depth cap, since the summarizer keeps failing); the query is not failed."""
+    out = tmp_path / "answers"
+    role_endpoints["summarizer"].fail_on = "requires barcode information"
+    flags = endpoint_flags(role_endpoints, "--on_model_error", "continue")
+    cmd = agent(out, toolserver, *flags, "--method", "CoT@1", ids=BARCODE)
+    assert run_agent_main(cmd[3:]) == 0
+    summary = read_json(out / "summary.json")
+    assert summary["failed"] == 0 and summary["no_answer"] == 1
+    assert summary["model_errors_continued"] >= 2  # it went on after the first one
+    chain = read_json(out / f"{BARCODE}_CoT@1.json")["trys"][0]["chain"]
+    thoughts = [n["description"] for n in chain if n["node_type"] == "Thought"]
+    assert "HTTP 503" in thoughts[1], thoughts  # after the call, the summarizer's error
+
+
 def test_a_folder_of_query_files_answers_each_file_in_its_folder(
     role_endpoints, toolserver, tmp_path
 ) -> None:

@@ -20,6 +20,7 @@ import json
 import os
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -938,6 +939,35 @@ def test_a_failed_model_call_is_thrown_into_the_policy() -> None:
     next(gen)
     with pytest.raises(RuntimeError, match="endpoint down"):
         gen.throw(RuntimeError("endpoint down"))
+
+
+@pytest.mark.parametrize("search_of", [partial(dfs, width=1), partial(cot, n=1)])
+def test_continue_on_model_error_goes_on_from_the_error_text(search_of) -> None:
+    """ToolBench's ChatGPT client, its tries spent, answers
+    ``return {"role": "assistant", "content": str(json_data)}, -1, 0``
+    (toolbench/inference/LLM/chatgpt_function_model.py), and DFS and CoT add that message
+    and go on. ``continue_on_model_error`` does the same: the next step sees the error."""
+
+    class Recording:
+        def __init__(self):
+            self.seen = []
+
+        def decide(self, messages, functions):
+            self.seen.append(messages)
+            yield Generate("planner", "p")
+            return finish("done", "the answer")
+
+    policy = Recording()
+    gen = search_of(policy, toy_env(), continue_on_model_error=True)
+    assert isinstance(next(gen), Generate)
+    second = gen.throw(RuntimeError("endpoint down after 3 tries"))
+    assert isinstance(second, Generate)  # the search went on to the next step
+    with pytest.raises(StopIteration) as stop:
+        gen.send("ok")
+    result = stop.value.value
+    assert policy.seen[1][-1] == {"role": "assistant", "content": "endpoint down after 3 tries"}
+    assert result.query_count == 2 and result.model_errors == 1
+    assert [n.is_terminal for n in result.terminal_nodes] == [True]
 
 
 def test_policy_gets_copies_and_must_return_an_assistant_message() -> None:

@@ -141,8 +141,10 @@ class Summary:
     gave_up: int = 0
     no_answer: int = 0  # the search ended without a final answer or a give-up
     failed: dict[str, str] = field(default_factory=dict)  # query key → reason
+    model_errors: int = 0  # model calls that failed and became messages (--on_model_error)
 
     def outcome(self, result: SearchResult) -> None:
+        self.model_errors += result.model_errors
         if any(not node.pruned for node in result.terminal_nodes):
             self.answered += 1
         elif result.give_up_nodes:
@@ -161,6 +163,7 @@ class Summary:
             "no_answer": self.no_answer,
             "failed": len(self.failed),
             "failures": self.failed,
+            "model_errors_continued": self.model_errors,
             "llm_calls": stats.llm_calls,
             "llm_calls_by_role": stats.llm_calls_by_role,
             "model_calls": stats.model_calls,
@@ -203,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="count each role's LLM call toward --max_query_count and query_count (a "
         "multi-LLM step is two); ToolBench counts one per step",
+    )
+    p.add_argument(
+        "--on_model_error",
+        choices=("fail", "continue"),
+        default="fail",
+        help="a model call that fails for good: fail the query, reported and retried by the "
+        "next run (default), or go on from an assistant message holding the error's text, "
+        "as ToolBench's ChatGPT client does",
     )
     p.add_argument("--query_ids", help="comma-separated query ids to run (default: all)")
     p.add_argument("--num_queries", type=int, default=-1, help="run the first N queries")
@@ -250,6 +261,7 @@ def _search(
             max_steps=args.single_chain_max_step,
             max_query_count=args.max_query_count,
             count_role_calls=args.count_role_calls,
+            continue_on_model_error=args.on_model_error == "continue",
         )
     )
 

@@ -226,6 +226,7 @@ class SearchResult:
     terminal_nodes: list[Node] = field(default_factory=list)
     give_up_nodes: list[Node] = field(default_factory=list)
     hit_query_cap: bool = False
+    model_errors: int = 0  # model calls that failed and became messages (continue mode)
 
 
 @dataclass(frozen=True)
@@ -262,9 +263,13 @@ def search(
     max_steps: int = MAX_STEPS,
     max_query_count: int | None = None,
     count_role_calls: bool = False,
+    continue_on_model_error: bool = False,
 ) -> Generator[Request, object, SearchResult]:
     """The search a ``--method`` names, as a generator. ``max_query_count`` ``None``:
-    ToolBench's (:data:`MAX_QUERY_COUNT` for a DFS, no cap for CoT)."""
+    ToolBench's (:data:`MAX_QUERY_COUNT` for a DFS, no cap for CoT).
+    ``continue_on_model_error``: a model call that failed for good becomes an assistant
+    message holding the error's text and the search goes on from it, as ToolBench's ChatGPT
+    client does; by default it fails the query."""
     parsed = parse_method(method) if isinstance(method, str) else method
     if parsed.kind == "CoT":
         return cot(
@@ -275,6 +280,7 @@ def search(
             max_query_count=max_query_count,
             method=parsed.name,
             count_role_calls=count_role_calls,
+            continue_on_model_error=continue_on_model_error,
         )
     return dfs(
         policy,
@@ -284,6 +290,7 @@ def search(
         max_query_count=MAX_QUERY_COUNT if max_query_count is None else max_query_count,
         method=parsed.name,
         count_role_calls=count_role_calls,
+        continue_on_model_error=continue_on_model_error,
     )
 
 
@@ -301,10 +308,13 @@ class _Run:
         env: QueryEnv,
         max_query_count: int | None,
         count_role_calls: bool = False,
+        continue_on_model_error: bool = False,
     ):
         self.policy, self.env, self.cap = policy, env, max_query_count
         self.count_role_calls = count_role_calls
+        self.continue_on_model_error = continue_on_model_error
         self.query_count = 0
+        self.model_errors = 0
 
     @property
     def at_cap(self) -> bool:
@@ -314,7 +324,8 @@ class _Run:
         """The policy's next message, counting the step (or each LLM call, with
         ``count_role_calls``); ``None`` when it would go past the cap (the policy is stopped
         before that request). An error thrown in for a request (a model that failed) is
-        thrown into the policy, which may handle it."""
+        thrown into the policy, which may handle it; if it does not, the query fails, or,
+        with ``continue_on_model_error``, the step's message is the error's text."""
         seen = [dict(m) for m in messages if m.get("valid") is not False]
         decision = self.policy.decide(seen, self.env.functions)
         counted = False
@@ -329,7 +340,15 @@ class _Run:
                 try:
                     reply = yield request
                 except Exception as exc:  # a call that failed: the policy may handle it
-                    request = decision.throw(exc)
+                    try:
+                        request = decision.throw(exc)
+                    except StopIteration:
+                        raise
+                    except Exception as failed:
+                        if not self.continue_on_model_error:
+                            raise
+                        self.model_errors += 1
+                        return model_error_message(failed)
                 else:
                     request = decision.send(reply)
         except StopIteration as stop:
@@ -370,6 +389,14 @@ class _Run:
         for step, (observation, status) in zip(messages, results, strict=True):
             now = _add_call(now, step, observation, status, finish_back)
         return now
+
+
+def model_error_message(error: BaseException) -> dict:
+    """A model call that failed for good, as ToolBench's ChatGPT client answers it when its
+    tries run out (``return {"role": "assistant", "content": str(json_data)}, -1, 0`` in
+    ``chatgpt_function_model.py``, where ``json_data`` is the exception the request
+    returned): an assistant message with the error's text and no call."""
+    return {"role": "assistant", "content": str(error)}
 
 
 def _add_call(
@@ -442,6 +469,7 @@ def cot(
     max_query_count: int | None = None,
     method: str | None = None,
     count_role_calls: bool = False,
+    continue_on_model_error: bool = False,
 ) -> Generator[Request, object, SearchResult]:
     """Up to ``n`` independent chains, stopping once ``answer`` of them gave an answer.
 
@@ -456,7 +484,7 @@ def cot(
         env.functions,
         {"single_chain_max_step": max_steps, "pass_at": n, "answer": answer},
     )
-    run = _Run(policy, env, max_query_count, count_role_calls)
+    run = _Run(policy, env, max_query_count, count_role_calls, continue_on_model_error)
     successes = 0
     for _ in range(n):
         node = Node(ACTION_INPUT, messages=env.initial_messages())
@@ -480,7 +508,7 @@ def cot(
                 break
         if result.hit_query_cap:
             break
-    result.query_count = run.query_count
+    result.query_count, result.model_errors = run.query_count, run.model_errors
     return result
 
 
@@ -499,6 +527,7 @@ def dfs(
     answer: int = 1,
     method: str | None = None,
     count_role_calls: bool = False,
+    continue_on_model_error: bool = False,
 ) -> Generator[Request, object, SearchResult]:
     """Depth-first search in preorder: each node gets up to ``width`` children, the second
     and later ones asked for with the diversity prompt; a final answer or a give-up sends
@@ -517,10 +546,10 @@ def dfs(
         },
     )
     result.root = Node(ACTION_INPUT, messages=env.initial_messages())
-    run = _Run(policy, env, max_query_count, count_role_calls)
+    run = _Run(policy, env, max_query_count, count_role_calls, continue_on_model_error)
     search = _Dfs(run, result, width, max_steps, answer)
     yield from search.visit(result.root)
-    result.query_count = search.run.query_count
+    result.query_count, result.model_errors = run.query_count, run.model_errors
     return result
 
 
