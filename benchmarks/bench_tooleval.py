@@ -14,6 +14,12 @@ makes of it. A 135M judge gives no meaningful preference; the point is the bias.
     python benchmarks/bench_tooleval.py [--test_set G1_instruction] [--num_queries 100]
         [--evaluate_times 2] [--temperature 0] [--max_tokens 64] [--write_results]
     python benchmarks/bench_tooleval.py --num_queries 3   # smoke test, a few minutes
+    python benchmarks/bench_tooleval.py --make_candidates DIR   # the whole-evalset answers
+
+``--make_candidates DIR`` writes the candidates of the whole-evalset figures in RESULTS.md
+and exits: ``DIR/one_call_fewer`` and ``DIR/cut_before_finish`` (each answer cut before its
+``Finish`` call, final answer empty), one converted file per group, and ``DIR/ids``, the
+groups' query ids for ``--test_ids``.
 
 Run it alone: a judgment takes seconds on 2 cores, and other work slows it several times.
 """
@@ -69,6 +75,39 @@ def one_call_fewer(example: dict) -> dict | None:
     return {**example, "answer": answer}
 
 
+def cut_before_finish(example: dict) -> dict:
+    """The answer cut before its first ``Finish`` call, with an empty final answer: what an
+    agent that runs out of steps leaves. An answer without ``Finish`` is returned as it is."""
+    from inference_utils.tooleval.answer_status import finished
+
+    nodes = chain(example["answer"])
+    finish = [i for i, n in enumerate(nodes) if finished(str(n.get("message")))]
+    if not finish:
+        return example
+    answer = {**example["answer"], "answer_details": nested(nodes[: finish[0]])}
+    answer["final_answer"] = ""
+    answer["total_steps"] = max(0, int(answer.get("total_steps", len(nodes))) - 1)
+    return {**example, "answer": answer}
+
+
+MAKERS = {"one_call_fewer": one_call_fewer, "cut_before_finish": cut_before_finish}
+
+
+def make_candidates(folder: Path) -> None:
+    """Both candidates of every group of the evalset, and the groups' ids, under ``folder``;
+    an answer a candidate cannot change is kept as it is (and counted)."""
+    for name in (*MAKERS, "ids"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+    for path in sorted(EVALSET.glob("*.json")):
+        reference = json.loads(path.read_text(encoding="utf-8"))
+        (folder / "ids" / path.name).write_text(json.dumps(dict.fromkeys(reference, 0)))
+        for name, make in MAKERS.items():
+            made = {qid: make(example) or example for qid, example in reference.items()}
+            changed = sum(made[qid] != reference[qid] for qid in reference)
+            (folder / name / path.name).write_text(json.dumps(made), encoding="utf-8")
+            print(f"{name}/{path.name}: {changed} of {len(reference)} answers changed")
+
+
 def candidates(test_set: str, num_queries: int, folder: Path) -> tuple[Path, list[str]]:
     """The reference and the candidate answers of the first ``num_queries`` queries that have
     a call to drop, in ToolEval's converted layout under ``folder``; their ids."""
@@ -118,7 +157,11 @@ def main() -> None:
     p.add_argument("--max_tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--write_results", action="store_true")
+    p.add_argument("--make_candidates", type=Path, help="write the whole-evalset candidates")
     args = p.parse_args()
+    if args.make_candidates:
+        make_candidates(args.make_candidates)
+        return
 
     from GLPFT.models import gguf_path
     from inference_utils.server_process import ServerProcess
