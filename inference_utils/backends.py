@@ -109,12 +109,12 @@ class ModelResult:
 
 
 def cut_stream(pieces: Iterable[str], stop: Sequence[str]) -> Iterator[str]:
-    """Streamed text up to the first stop string, whatever the chunking: text that might be
-    the start of a stop string is held back until the next piece tells."""
+    """Streamed text up to the first stop string, whatever the chunking: only the end of the
+    text that could begin a stop string is held back until the next piece tells, so a line
+    end is passed on with the piece that holds it (a plan's reader acts on it at once)."""
     if not stop:
         yield from pieces
         return
-    hold = max(len(s) for s in stop) - 1
     buffer = ""
     for piece in pieces:
         buffer += piece
@@ -123,11 +123,20 @@ def cut_stream(pieces: Iterable[str], stop: Sequence[str]) -> Iterator[str]:
             if min(ends):
                 yield buffer[: min(ends)]
             return
+        hold = _stop_prefix(buffer, stop)
         if len(buffer) > hold:
             yield buffer[: len(buffer) - hold]
             buffer = buffer[len(buffer) - hold :]
     if buffer:
         yield buffer
+
+
+def _stop_prefix(text: str, stop: Sequence[str]) -> int:
+    """The length of the longest end of ``text`` that begins one of the stop strings."""
+    return max(
+        (n for s in stop for n in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:n])),
+        default=0,
+    )
 
 
 def generate_texts(

@@ -25,6 +25,15 @@ their requests:
   as soon as the calls its arguments refer to (``$N``) have answered, each bounded by
   ``plan_timeout``; the search is sent ``{id: Observation}``, an error observation for every
   call when the plan cannot run. Each call counts as a tool call.
+* ``StreamedPlan`` (an LLMCompiler planner): the planner's output is read line by line as the
+  backend streams it (a task of the role's lane reads up to the next line end), and each
+  call starts on the tools lane the moment the calls it refers to have answered, while the
+  planner is still writing. With a batched backend the plan is written by the role's batch
+  (not streamed) and its calls run before the round goes on. The search is sent a
+  ``PlanReply`` once the plan has ended and every call has answered; a call that refers to
+  no earlier call, that its route refuses, or whose dependency failed gets an error
+  observation, so a bad plan never waits or crashes. A planner that fails mid-plan is thrown
+  into the search once the calls it started have answered.
 
 A search that raises fails its own query only: ``on_done`` gets the error and the other
 queries go on. A role call that fails for good (an endpoint down after its retries, a model
@@ -42,10 +51,31 @@ from functools import partial
 from typing import Any
 
 from inference_utils.backends import ModelResult, RoleBackend
-from inference_utils.dag import PlanError, PlanRunner, TaskGraph, ToolCall, error_observation
-from inference_utils.search_requests import Generate, ToolPlan, ToolRequest
+from inference_utils.dag import (
+    PlanError,
+    PlanRunner,
+    TaskGraph,
+    ToolCall,
+    error_observation,
+    substitute,
+)
+from inference_utils.search_requests import (
+    Generate,
+    PlanReply,
+    StreamedPlan,
+    ToolPlan,
+    ToolRequest,
+)
 from inference_utils.toolclient import ToolClient
-from process_data.protocol import REQUEST_FAILED, ROLES, Observation
+from process_data.protocol import (
+    REQUEST_FAILED,
+    ROLES,
+    Observation,
+    PlanCall,
+    PlanReader,
+    brace_references,
+    plan_references,
+)
 
 #: The order in which a round asks the roles: a planner's output may need the caller or the
 #: summarizer in the same round.
@@ -160,13 +190,13 @@ class _Searches:
         except Exception as exc:  # a bug or a bad query: that query fails, the others go on
             self._end(key, None, exc)
             return False
-        if not isinstance(request, Generate | ToolRequest | ToolPlan):
+        if not isinstance(request, Generate | ToolRequest | ToolPlan | StreamedPlan):
             gen.close()
             self._end(key, None, SearchFailed(f"a search yielded {type(request).__name__}"))
             return False
         self.waiting[key] = request
-        if isinstance(request, Generate) and request.session is not None:
-            self.sessions.setdefault(key, set()).add(request.session)
+        if isinstance(request, Generate | StreamedPlan) and request.model_request().session:
+            self.sessions.setdefault(key, set()).add(request.model_request().session)
         return True
 
     def _end(self, key: Hashable, result: Any, error: BaseException | None) -> None:
@@ -260,6 +290,8 @@ class _Driver:
             if isinstance(request, ToolWork):
                 if not self.rounds or self.next_role is None:
                     self.submit_tool(key, request)
+            elif isinstance(request, StreamedPlan) and not self.rounds:
+                _PlanRun(self, key, request).read_next()
             elif not self.rounds:  # a role the backend does not serve fails in its task
                 self.graph.add(
                     (key, next(self.tasks)),
@@ -339,7 +371,16 @@ class _Driver:
             self.batch_failed(keys, ValueError(f"{len(results)} outputs for {len(keys)} prompts"))
             return
         self.active.stats.count_llm(role, results)
-        self.after([k for k, r in zip(keys, results, strict=True) if self.active.send(k, r.text)])
+        self.batch = True  # until every output is handed on: no batch starts meanwhile
+        sent = []
+        for key, result in zip(keys, results, strict=True):
+            request = self.active.waiting[key]
+            if isinstance(request, StreamedPlan):  # written whole: its calls run now
+                _PlanRun(self, key, request).written(result.text)
+            elif self.active.send(key, result.text):
+                sent.append(key)
+        self.batch = False
+        self.after(sent)
 
     def batch_failed(self, keys: list[Hashable], error: BaseException) -> None:
         self.batch = False
@@ -347,7 +388,179 @@ class _Driver:
 
 
 def _role_of(request: Any) -> str | None:
-    return request.role if isinstance(request, Generate) else None
+    return request.role if isinstance(request, Generate | StreamedPlan) else None
+
+
+class _PlanRun:
+    """One :class:`StreamedPlan` in flight, driven from the graph's scheduling thread.
+
+    The planner's output comes in line by line (:meth:`read_next`, a task of the role's lane
+    per piece of text up to a line end) or whole (:meth:`written`, from a batch). Each call
+    it holds is routed, then started on the tools lane once the calls it refers to have
+    answered: a call waits in :attr:`waiting` under each reference still unanswered, so an
+    answer wakes exactly its dependents. The search gets its :class:`PlanReply` when the
+    plan has ended and no call is left."""
+
+    def __init__(self, driver: _Driver, key: Hashable, request: StreamedPlan):
+        self.driver, self.key, self.request = driver, key, request
+        self.reader = PlanReader()
+        self.parts: list[str] = []
+        self.calls: list[PlanCall] = []
+        self.answers: dict[int, Observation] = dict(request.known)  # by id, earlier rounds too
+        self.seen: set[int] = set(request.known)  # ids written so far
+        self.own: dict[int, Observation] = {}  # this plan's calls' observations, by position
+        self.waiting: dict[int, list[tuple[int, PlanCall, ToolRequest, set[int]]]] = {}
+        self.running = 0  # calls started, not answered
+        self.ended = False
+        self.error: BaseException | None = None
+        self.stream: Any = None
+        self.counted = False  # the planner's call is in the run's stats
+
+    # -- the planner's text ----------------------------------------------------------------
+
+    def written(self, text: str) -> None:
+        """The whole plan at once (a batched backend's output, counted with its batch)."""
+        self.counted = True
+        self.parts.append(text)
+        self.take(self.reader.feed(text) + self.reader.close())
+        self.end()
+
+    def read_next(self) -> None:
+        driver = self.driver
+        driver.graph.add(
+            (self.key, next(driver.tasks)),
+            self.next_lines,
+            lane=self.request.role,
+            on_done=self.got,
+            on_error=self.failed,
+        )
+
+    def next_lines(self) -> str | None:
+        """The streamed text up to and including the next line end (in a worker), or
+        ``None`` at the end of the stream."""
+        if self.stream is None:
+            request = self.request.model_request()
+            self.stream = iter(self.driver.llm.stream(self.request.role, request))
+        pieces = []
+        for piece in self.stream:
+            pieces.append(piece)
+            if "\n" in piece:
+                return "".join(pieces)
+        return "".join(pieces) if pieces else None
+
+    def got(self, text: str | None) -> None:
+        if text is not None:
+            self.parts.append(text)
+            self.take(self.reader.feed(text))
+        if text is None or self.reader.joined:
+            if text is None:
+                self.take(self.reader.close())
+            close = getattr(self.stream, "close", None)
+            if close is not None:  # the rest of the output is not read (after join)
+                close()
+            self.end()
+        else:
+            self.read_next()
+
+    def failed(self, error: BaseException) -> None:
+        self.error = error
+        self.end()
+
+    def end(self) -> None:
+        self.ended = True
+        if not self.counted:
+            self.counted = True
+            result = ModelResult("".join(self.parts))
+            self.driver.active.stats.count_llm(self.request.role, [result])
+        self.maybe_done()
+
+    # -- the calls -------------------------------------------------------------------------
+
+    def take(self, calls: list[PlanCall]) -> None:
+        for call in calls:
+            position = len(self.calls)
+            self.calls.append(call)
+            first = call.id not in self.seen
+            self.seen.add(call.id)
+            if call.is_join:
+                continue
+            if not first:
+                self.answer(position, call, error_observation(f"task {call.id}: a duplicate id"))
+                continue
+            refs = plan_references((call.args, call.kwargs))
+            later = sorted(r for r in refs if r >= call.id or r not in self.seen)
+            if later:
+                text = f"task {call.id} refers to task {later[0]}, which is not an earlier task"
+                self.answer(position, call, error_observation(text))
+                continue
+            routed = self.request.route(call)
+            if isinstance(routed, Observation):
+                self.answer(position, call, routed)
+                continue
+            pending = {r for r in refs if r not in self.answers}
+            if pending:
+                entry = (position, call, routed, pending)
+                for ref in pending:
+                    self.waiting.setdefault(ref, []).append(entry)
+            else:
+                self.start(position, call, routed, refs)
+
+    def start(self, position: int, call: PlanCall, request: ToolRequest, refs: set[int]) -> None:
+        failed = next((r for r in sorted(refs) if self.answers[r].error), None)
+        if failed is not None:
+            text = f"not run: task {failed} failed: {self.answers[failed].error}"
+            self.answer(position, call, error_observation(text))
+            return
+        tool_input = substitute(brace_references(request.tool_input), self.answers)
+        driver = self.driver
+        if driver.tools is None:
+            self.answer(position, call, error_observation("this run has no tool server"))
+            return
+        self.running += 1
+        driver.tool_work += 1
+        driver.active.stats.tool_calls += 1
+        work = ToolRequest(request.category, request.tool_name, request.api_name, tool_input)
+        driver.tools.submit(
+            driver.graph,
+            (self.key, next(driver.tasks)),
+            work,
+            partial(self.answered, position, call),
+        )
+
+    def answered(self, position: int, call: PlanCall, observation: Observation) -> None:
+        self.running -= 1
+        self.driver.tool_work -= 1
+        self.answer(position, call, observation)
+        self.maybe_done()
+
+    def answer(self, position: int, call: PlanCall, observation: Observation) -> None:
+        self.own[position] = observation
+        if call.id in self.answers:  # a duplicate id: the first call keeps it
+            return
+        self.answers[call.id] = observation
+        for entry in self.waiting.pop(call.id, []):
+            pending = entry[3]
+            pending.discard(call.id)
+            if not pending:
+                other_position, other, request, _ = entry
+                refs = plan_references((other.args, other.kwargs))
+                self.start(other_position, other, request, refs)
+
+    def maybe_done(self) -> None:
+        if not self.ended or self.running:
+            return
+        for entries in self.waiting.values():  # can only wait on a call that never ran
+            for position, call, _, _ in entries:
+                if position not in self.own:
+                    self.own[position] = error_observation(f"task {call.id}: not run")
+        self.waiting.clear()
+        driver, key = self.driver, self.key
+        if self.error is not None:
+            driver.after([key] if driver.active.throw(key, self.error) else [])
+            return
+        observations = tuple(self.own.get(i) for i in range(len(self.calls)))
+        reply = PlanReply("".join(self.parts), tuple(self.calls), observations)
+        driver.after([key] if driver.active.send(key, reply) else [])
 
 
 def _ask(backend: RoleBackend, request: Generate) -> ModelResult:

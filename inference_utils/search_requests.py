@@ -7,10 +7,11 @@ lets a driver batch the requests of many queries deterministically.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
 
-from inference_utils.backends import ModelRequest
+from inference_utils.backends import Decoding, ModelRequest
+from process_data.protocol import Observation, PlanCall
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,13 @@ class Generate:
     # (query_id, role): lets a local backend reuse the KV cache of this query's earlier
     # prompt for this role
     session: Hashable = None
+    decoding: Decoding | None = None  # over the backend's own (a planner's stop string)
 
     def model_request(self) -> ModelRequest:
         """The request as the role backend takes it."""
-        return ModelRequest(self.prompt, self.messages, self.tools, session=self.session)
+        return ModelRequest(
+            self.prompt, self.messages, self.tools, session=self.session, decoding=self.decoding
+        )
 
 
 @dataclass(frozen=True)
@@ -70,4 +74,44 @@ class ToolPlan:
     calls: tuple[PlannedCall, ...]
 
 
-Request = Generate | ToolRequest | ToolPlan
+#: What a planned call becomes: its request, or the observation of a call that makes none
+#: (an unknown function, arguments that fit no parameter), answered at once.
+PlanRoute = Callable[[PlanCall], ToolRequest | Observation]
+
+
+@dataclass(frozen=True)
+class StreamedPlan:
+    """An LLMCompiler planner call whose output is a plan, run while it is written: the
+    driver reads the planner's output line by line as it streams
+    (:class:`~process_data.protocol.PlanReader`) and starts each call the moment the calls
+    it refers to (``$N``) have answered, while later lines are still being written.
+    ``route`` turns a call into its request; ``known`` holds the observations of earlier
+    rounds' calls (a replan keeps the numbering, so ``$N`` may name them).
+
+    The driver sends back a :class:`PlanReply` once the plan has ended and every call has
+    an observation."""
+
+    generate: Generate
+    route: PlanRoute
+    known: Mapping[int, Observation] = field(default_factory=dict)
+
+    @property
+    def role(self) -> str:
+        return self.generate.role
+
+    def model_request(self) -> ModelRequest:
+        return self.generate.model_request()
+
+
+@dataclass(frozen=True)
+class PlanReply:
+    """A streamed plan's outcome: the planner's text (up to the stop string), its calls in
+    the order written (``join`` last, when written) and each call's observation, in the
+    same order (``None`` for ``join``)."""
+
+    text: str
+    calls: tuple[PlanCall, ...]
+    observations: tuple[Observation | None, ...]
+
+
+Request = Generate | ToolRequest | ToolPlan | StreamedPlan

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 # --------------------------------------------------------------------------------------------
@@ -794,4 +794,322 @@ def json_object(text: str) -> dict:
     value = json.loads(_FENCED.sub("", text), strict=False)
     if not isinstance(value, dict):
         raise ValueError(f"a JSON {type(value).__name__}, not an object: {text[:200]!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# LLMCompiler's plan-and-execute grammar (SqueezeAILab/LLMCompiler at a00c9d3,
+# src/llm_compiler/planner.py, output_parser.py, llm_compiler.py)
+# --------------------------------------------------------------------------------------------
+
+#: The planner says this after ``join()``; it is the planner's stop string.
+END_OF_PLAN = "<END_OF_PLAN>"
+#: The plan's last action, which hands the results to the joiner.
+JOIN = "join"
+#: The joiner's two actions (``constants.py``: ``JOINNER_FINISH``, ``JOINNER_REPLAN``).
+JOINER_FINISH, JOINER_REPLAN = "Finish", "Replan"
+#: A plan's and a joiner's thought lines start with this.
+THOUGHT_TAG = "Thought:"
+JOINER_ACTION_TAG = "Action:"
+#: Their ``JOIN_DESCRIPTION``, word for word.
+JOIN_DESCRIPTION = (
+    "join():\n"
+    " - Collects and combines results from prior actions.\n"
+    " - A LLM agent is called upon invoking join to either finalize the user query or wait "
+    "until the plans are executed.\n"
+    " - join should always be the last action in the plan, and will be called in two "
+    "scenarios:\n"
+    "   (a) if the answer can be determined by gathering the outputs from tasks to generate "
+    "the final response.\n"
+    "   (b) if the answer cannot be determined in the planning phase before you execute the "
+    "plans. "
+)
+
+
+def llmcompiler_prompt(tool_descriptions: Sequence[str], examples: str, replan: bool) -> str:
+    """The planner's system prompt, as their ``generate_llm_compiler_prompt`` writes it: the
+    actions numbered (the tools, then ``join``), the guidelines (with the replanning ones
+    when ``replan``), then the in-context examples."""
+    text = (
+        "Given a user query, create a plan to solve it with the utmost parallelizability. "
+        f"Each plan should comprise an action from the following {len(tool_descriptions) + 1} "
+        "types:\n"
+    )
+    for i, description in enumerate(tool_descriptions, 1):
+        text += f"{i}. {description}\n"
+    text += f"{len(tool_descriptions) + 1}. {JOIN_DESCRIPTION}\n\n"
+    text += (
+        "Guidelines:\n"
+        " - Each action described above contains input/output types and description.\n"
+        "    - You must strictly adhere to the input and output types for each action.\n"
+        "    - The action descriptions contain the guidelines. You MUST strictly follow those "
+        "guidelines when you use the actions.\n"
+        " - Each action in the plan should strictly be one of the above types. Follow the "
+        "Python conventions for each action.\n"
+        " - Each action MUST have a unique ID, which is strictly increasing.\n"
+        " - Inputs for actions can either be constants or outputs from preceding actions. In "
+        "the latter case, use the format $id to denote the ID of the previous action whose "
+        "output will be the input.\n"
+        f" - Always call join as the last action in the plan. Say '{END_OF_PLAN}' after you "
+        "call join\n"
+        " - Ensure the plan maximizes parallelizability.\n"
+        " - Only use the provided action types. If a query cannot be addressed using these, "
+        "invoke the join action for the next steps.\n"
+        " - Never explain the plan with comments (e.g. #).\n"
+        " - Never introduce new actions other than the ones provided.\n\n"
+    )
+    if replan:
+        text += (
+            ' - You are given "Previous Plan" which is the plan that the previous agent '
+            "created along with the execution results (given as Observation) of each plan and "
+            "a general thought (given as Thought) about the executed results.You MUST use "
+            'these information to create the next plan under "Current Plan".\n'
+            ' - When starting the Current Plan, you should start with "Thought" that outlines '
+            "the strategy for the next plan.\n"
+            " - In the Current Plan, you should NEVER repeat the actions that are already "
+            "executed in the Previous Plan.\n"
+        )
+    return text + "Here are some examples:\n\n" + examples
+
+
+def llmcompiler_question(query: str, contexts: Sequence[str] = ()) -> str:
+    """The planner's user message: ``Question: ...``, and when replanning each earlier
+    round as ``Previous Plan:`` (their ``_format_contexts``), then ``Current Plan:``."""
+    if not contexts:
+        return f"Question: {query}"
+    previous = "".join(f"Previous Plan:\n\n{c}\n\n" for c in contexts)
+    return f"Question: {query}\n{previous}Current Plan:\n\n\n"
+
+
+def tool_signature(function: dict) -> str:
+    """A ToolBench function as an action of the planner's list: its call with the
+    parameters in the order they are given by position (required ones first), then its
+    description and each parameter's."""
+    parameters = function.get("parameters") or {}
+    properties = parameters.get("properties") or {}
+    required = list(parameters.get("required") or [])
+    order = required + [p for p in properties if p not in required]
+    shown = [
+        f"{p}: {(properties.get(p) or {}).get('type', 'string')}"
+        + ("" if p in required else " = None")
+        for p in order
+    ]
+    lines = [f"{function['name']}({', '.join(shown)}) -> dict:"]
+    lines.append(f" - {' '.join(str(function.get('description', '')).split())}")
+    for p in order:
+        about = " ".join(str((properties.get(p) or {}).get("description", "")).split())
+        lines.append(f" - {p}{'' if p in required else ' (optional)'}: {about}".rstrip(": "))
+    return "\n".join(lines)
+
+
+def parameter_order(function: dict) -> list[str]:
+    """The order in which a plan's positional arguments fill a function's parameters
+    (required ones first, as :func:`tool_signature` shows them)."""
+    parameters = function.get("parameters") or {}
+    required = list(parameters.get("required") or [])
+    return required + [p for p in parameters.get("properties") or {} if p not in required]
+
+
+@dataclass(frozen=True)
+class PlanCall:
+    """One action line of a plan: ``id. name(args)``, with the thought line before it.
+    ``args`` and ``kwargs`` are Python literals (``$N`` references are strings)."""
+
+    id: int
+    name: str
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    thought: str | None = None
+    line: str = ""
+
+    @property
+    def is_join(self) -> bool:
+        return self.name == JOIN
+
+
+# ``N. name(args)``: LLMCompiler's ACTION_PATTERN (``(\d+)\. (\w+)\((.*)\)``), with names
+# that may hold dots and hyphens, and a line whose closing parenthesis is missing (their
+# ParallelQA examples have such lines, which their pattern drops) read as if it were there.
+_PLAN_ACTION = re.compile(r"\s*(\d+)\.\s*([A-Za-z_][\w.\-]*)\((.*)$")
+_PLAN_REFERENCE = re.compile(r"\$\{?(\d+)\}?")
+
+
+def _quote_references(text: str) -> str:
+    """``text`` with each ``$N`` / ``${N}`` outside string literals quoted (``"$N"``), so a
+    plan may write ``search($1)``; one pass over the text."""
+    out, i, quote = [], 0, None
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            out.append(ch)
+            if ch == "\\" and i + 1 < len(text):
+                out.append(text[i + 1])
+                i += 1
+            elif ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+            out.append(ch)
+        elif ch == "$" and (m := _PLAN_REFERENCE.match(text, i)):
+            out.append(f'"${m[1]}"')
+            i = m.end()
+            continue
+        else:
+            out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def plan_arguments(text: str) -> tuple[tuple, dict]:
+    """A plan call's arguments: Python literals by position and by name (``ast`` reads them;
+    nothing is run). Text that is not such a list is one positional string, as LLMCompiler's
+    ``_parse_llm_compiler_action_args`` falls back to it."""
+    import ast
+
+    if not text.strip():
+        return (), {}
+    try:
+        call = ast.parse(f"f({_quote_references(text)})", mode="eval").body
+        assert isinstance(call, ast.Call)
+        args = tuple(ast.literal_eval(a) for a in call.args)
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg}
+        if len(kwargs) != len(call.keywords):
+            raise ValueError("**kwargs")
+        return args, kwargs
+    except (SyntaxError, ValueError, TypeError, AssertionError, RecursionError, MemoryError):
+        return (text.strip(),), {}
+
+
+def read_plan_line(line: str, thought: str | None) -> PlanCall | str | None:
+    """One line of a plan: a :class:`PlanCall` (with ``thought``), the text of a thought
+    line (for the next call), or ``None`` for any other line (skipped, as theirs skips it)."""
+    stripped = line.strip()
+    if stripped.startswith(THOUGHT_TAG):
+        return stripped[len(THOUGHT_TAG) :].strip()
+    match = _PLAN_ACTION.match(line)
+    if match is None:
+        return None
+    rest = match[3].rstrip()
+    rest = rest[:-1] if rest.endswith(")") else rest
+    ident, name = int(match[1]), match[2]
+    if name == JOIN:
+        return PlanCall(ident, name, thought=thought, line=stripped)
+    args, kwargs = plan_arguments(rest)
+    return PlanCall(ident, name, args, kwargs, thought, stripped)
+
+
+class PlanReader:
+    """A streamed plan, read line by line whatever the chunking: :meth:`feed` each piece and
+    get the calls its complete lines hold, then :meth:`close` for the last line. Text after
+    ``join`` is ignored (their parser stops there). Each piece is looked at once, so reading
+    is linear in the plan's length (their streaming parser splits a piece at its first
+    newline only, and a piece holding two loses the lines between them)."""
+
+    def __init__(self) -> None:
+        self._tail: list[str] = []
+        self._thought: str | None = None
+        self.joined = False
+
+    def feed(self, piece: str) -> list[PlanCall]:
+        if self.joined or "\n" not in piece:
+            if not self.joined:
+                self._tail.append(piece)
+            return []
+        first, *middle, last = piece.split("\n")
+        lines = ["".join([*self._tail, first]), *middle]
+        self._tail = [last]
+        return self._read(lines)
+
+    def close(self) -> list[PlanCall]:
+        tail, self._tail = "".join(self._tail), []
+        return [] if self.joined else self._read([tail])
+
+    def _read(self, lines: Sequence[str]) -> list[PlanCall]:
+        calls = []
+        for line in lines:
+            read = read_plan_line(line, self._thought)
+            if isinstance(read, str):
+                self._thought = read
+            elif read is not None:
+                self._thought = None
+                calls.append(read)
+                if read.is_join:
+                    self.joined = True
+                    break
+        return calls
+
+
+def read_plan(text: str) -> list[PlanCall]:
+    """A whole plan's calls (a plan that did not stream)."""
+    reader = PlanReader()
+    return reader.feed(text) + reader.close()
+
+
+def plan_references(value: object) -> set[int]:
+    """The task ids a call's argument values refer to, LLMCompiler's way: ``$N`` or
+    ``${N}`` anywhere in a string (``default_dependency_rule``'s ``ID_PATTERN``)."""
+    found: set[int] = set()
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found.update(int(m) for m in _PLAN_REFERENCE.findall(item))
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return found
+
+
+def format_plan_step(call: PlanCall, observation: str | None, with_id: bool = False) -> str:
+    """A run call as the joiner (without its id) and the replanner (``with_id``) read it,
+    as their ``get_though_action_observation``: its thought, the call, its observation."""
+    text = f"{THOUGHT_TAG} {call.thought}\n" if call.thought else ""
+    text += f"{call.line if with_id else call.line.split('.', 1)[1].strip()}\n"
+    return text + (f"Observation: {observation}\n" if observation is not None else "")
+
+
+@dataclass(frozen=True)
+class JoinerDecision:
+    """The joiner's output: its thought, and either the final answer or a replan."""
+
+    thought: str
+    answer: str
+    replan: bool
+
+
+def read_joiner(text: str) -> JoinerDecision:
+    """``Thought: ...`` then ``Action: Finish(answer)`` or ``Action: Replan(reason)``.
+
+    The answer runs to the last ``)`` of the output, over several lines if need be: their
+    ``_parse_joinner_output`` cuts it at the first ``)``, so ``Finish(5 (rounded))`` gives
+    ``5 (rounded``. No ``Action:`` line gives an empty answer."""
+    thought, answer, replan = "", "", False
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if line.startswith(THOUGHT_TAG) and not answer:
+            thought = line[len(THOUGHT_TAG) :].strip()
+        elif line.startswith(JOINER_ACTION_TAG):
+            action = "\n".join([line, *lines[i + 1 :]])[len(JOINER_ACTION_TAG) :].strip()
+            replan = action.startswith(JOINER_REPLAN)
+            opened = action.find("(")
+            body = action[opened + 1 :] if opened != -1 else ""
+            closed = body.rfind(")")
+            answer = (body[:closed] if closed != -1 else body).strip()
+            break
+    return JoinerDecision(thought, answer, replan)
+
+
+def brace_references(value: object) -> object:
+    """``value`` with every ``$N`` inside longer text written ``${N}`` (a whole ``"$N"`` is
+    kept): LLMCompiler reads both as references, the plan runner only the braced form
+    inside text."""
+    if isinstance(value, str):
+        if "$" not in value or _PLAN_REFERENCE.fullmatch(value):
+            return value
+        return _PLAN_REFERENCE.sub(lambda m: "${" + m[1] + "}", value)
+    if isinstance(value, dict):
+        return {k: brace_references(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [brace_references(v) for v in value]
     return value

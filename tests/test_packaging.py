@@ -127,6 +127,9 @@ def test_wheel_metadata(tmp_path: Path) -> None:
         data = {n for n in zf.namelist() if not n.endswith(".py") and ".dist-info/" not in n}
     assert top == PACKAGES
     prompts = {"toolserver/simulator_prompt.yaml", "tooleval/judge_prompts.yaml"}
+    configs = "agent/llmcompiler_configs"
+    prompts |= {f"{configs}/README.md", f"{configs}/custom/queries.json"}
+    prompts |= {f"{configs}/{name}/config.yaml" for name in ("toolbench", "custom")}
     assert data == {f"inference_utils/{p}" for p in prompts}, "package data"
     requires = metadata.get_all("Requires-Dist")
     assert sorted(map(str, map(Requirement, requires))) == sorted(

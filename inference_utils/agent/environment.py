@@ -42,9 +42,11 @@ from process_data.protocol import (
     TASK_DESCRIPTION,
     USER_PROMPT,
     Observation,
+    PlanCall,
     api_name_of,
     function_name,
     observation_json,
+    parameter_order,
     parse_tool_input,
     read_finish,
     standardize,
@@ -269,6 +271,32 @@ class QueryEnv:
                     raise ValueError(f"the plan's answer has no observation for call {call.id}")
                 answers[call.id - 1] = observed(observation)
         return [self._cut(*answer) for answer in answers if answer is not None]
+
+    def plan_request(self, call: PlanCall) -> ToolRequest | Observation:
+        """An LLMCompiler plan call's request: positional arguments fill the function's
+        parameters in :func:`~process_data.protocol.parameter_order`, named ones by name.
+        A call that makes none (``Finish``, an unknown name, more arguments than parameters)
+        gets the observation :meth:`step` would give, at once."""
+        function = next((f for f in self.functions if f["name"] == call.name), None)
+        if call.name == FINISH or function is None or call.name not in self.routes:
+            text = f"No such function name: {call.name}"
+            return Observation(text, "", NO_SUCH_FUNCTION)
+        order = parameter_order(function)
+        if len(call.args) > len(order):
+            text = f"{call.name} takes {len(order)} arguments by position, not {len(call.args)}"
+            return Observation(text, "", BAD_INPUT)
+        arguments = dict(zip(order, call.args, strict=False)) | dict(call.kwargs)
+        try:  # Python literals as JSON: tuples become lists; sets, bytes and the like fail
+            tool_input = json.loads(json.dumps(arguments, ensure_ascii=False))
+        except (TypeError, ValueError) as exc:
+            return Observation(f"{call.name}: arguments that are not JSON: {exc}", "", BAD_INPUT)
+        route = self.routes[call.name]
+        return ToolRequest(route.category, route.tool_name, route.api_name, tool_input)
+
+    def observe(self, observation: Observation) -> tuple[str, int]:
+        """A call's observation as :meth:`step` gives it: ToolBench's text, cut, and the
+        status."""
+        return self._cut(*observed(observation))
 
     def _request(self, name: str, arguments: str) -> ToolRequest | tuple[str, int]:
         """The request a call makes, or the answer of a call that makes none."""

@@ -47,6 +47,12 @@ from inference_utils.agent.environment import (
     QueryEnv,
     load_tool_descriptions,
 )
+from inference_utils.agent.llmcompiler import (
+    DEFAULT_CONFIG,
+    MAX_REPLANS,
+    CompilerConfig,
+    llmcompiler,
+)
 from inference_utils.agent.policies import make_policy
 from inference_utils.agent.search import (
     MAX_QUERY_COUNT,
@@ -183,7 +189,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--queries", required=True, help="a test-instruction query file or folder")
     p.add_argument("--toolserver", required=True, help="e.g. http://127.0.0.1:8080/virtual")
+    p.add_argument(
+        "--agent",
+        choices=AGENTS,
+        default="alpha_umi",
+        help="alpha_umi: ToolBench's search (--method) with alpha-UMi's roles or the "
+        "backbone; llmcompiler: LLMCompiler's plan-and-execute with the backbone role",
+    )
     p.add_argument("--method", default="DFS_woFilter_w2", help="CoT@n or DFS_woFilter_wN")
+    p.add_argument(
+        "--llmcompiler_config",
+        default=str(DEFAULT_CONFIG),
+        help="a folder with config.yaml: the planner's and joiner's examples",
+    )
+    p.add_argument(
+        "--max_replans",
+        type=int,
+        default=MAX_REPLANS,
+        help="new plans the joiner may ask for after the first (llmcompiler)",
+    )
     p.add_argument("--output_dir", required=True)
     add_role_arguments(p)
     p.add_argument("--concurrency", type=int, default=8, help="queries run at once")
@@ -227,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: The agents ``--agent`` picks; each writes ToolBench answer files.
+AGENTS = ("alpha_umi", "llmcompiler")
+#: The method an agent's answer files are named after, where it is not ``--method``.
+AGENT_METHODS = {"llmcompiler": "LLMCompiler"}
+
+
 def _say(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
@@ -235,7 +265,7 @@ def _searches(
     todo: list[Query], args: argparse.Namespace, chat: bool, descriptions: dict[str, str]
 ) -> Iterator[tuple[Hashable, object]]:
     """Each query's search, made when the driver starts it (a bad query fails alone)."""
-    method = parse_method(args.method)
+    method = parse_method(args.method) if args.agent == "alpha_umi" else None
     backbone = bool(args.backbone_model_name_or_path or args.backbone_endpoint)
     for query in todo:
         yield query.key, _search(query, method, args, chat, backbone, descriptions)
@@ -243,13 +273,16 @@ def _searches(
 
 def _search(
     query: Query,
-    method: Method,
+    method: Method | None,
     args: argparse.Namespace,
     chat: bool,
     backbone: bool,
     descriptions: dict[str, str],
 ) -> Generator[Request, object, SearchResult]:
     env = QueryEnv.from_query(query.data, descriptions, args.max_observation_length)
+    if args.agent == "llmcompiler":
+        config = CompilerConfig.load(args.llmcompiler_config)
+        return (yield from llmcompiler(env, config, max_replans=args.max_replans))
     policy = make_policy(
         backbone, env.query, query.key, prompt_types_of(args), chat, args.parallel_calls
     )
@@ -268,15 +301,30 @@ def _search(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.method = AGENT_METHODS.get(args.agent, args.method)
+    if args.agent != "alpha_umi" and not (
+        args.backbone_model_name_or_path or args.backbone_endpoint
+    ):
+        _say(
+            f"--agent {args.agent} runs on the backbone role: give --backbone_endpoint or "
+            "--backbone_model_name_or_path"
+        )
+        return 2
+    if args.agent == "llmcompiler":
+        try:
+            CompilerConfig.load(args.llmcompiler_config)
+        except (OSError, ValueError) as exc:
+            _say(str(exc))
+            return 2
     if args.concurrency < 1:
         _say("--concurrency must be at least 1")
         return 2
     try:
-        method = parse_method(args.method)
+        method = parse_method(args.method) if args.agent == "alpha_umi" else None
     except ValueError as exc:
         _say(str(exc))
         return 2
-    if method.kind == "CoT" and method.n > 1 and not sampling_temperature(args):
+    if method and method.kind == "CoT" and method.n > 1 and not sampling_temperature(args):
         _say(
             f"{args.method} with greedy decoding: every try after the first repeats it; "
             "--temperature 0.5 samples as ToolBench's ToolLLaMA does"

@@ -387,7 +387,7 @@ class _Run:
             results = [(yield from self.env.step(call["name"], call["arguments"]))]
             messages = [message]
         for step, (observation, status) in zip(messages, results, strict=True):
-            now = _add_call(now, step, observation, status, finish_back)
+            now = add_call(now, step, observation, status, finish_back)
         return now
 
 
@@ -399,7 +399,7 @@ def model_error_message(error: BaseException) -> dict:
     return {"role": "assistant", "content": str(error)}
 
 
-def _add_call(
+def add_call(
     node: Node, message: dict, observation: str, status: int, finish_back: int | None
 ) -> Node:
     """The Action and Action Input nodes of a call that got ``observation``, with the
