@@ -93,12 +93,15 @@ class ModelRequest:
 @dataclass(frozen=True)
 class ModelResult:
     """What a model answered: its text, the tool calls it made (``{"name", "arguments"}``,
-    arguments as text), and token counts where the backend knows them."""
+    arguments as text), token counts where the backend knows them, and, for a chat answer,
+    its content alone."""
 
     text: str
     tool_calls: tuple[dict, ...] = ()
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # a chat answer's own text, without its tool calls (``text`` renders them too)
+    content: str | None = None
 
     def arguments(self) -> dict:
         """The arguments of the forced function: its tool call's, else a JSON object in the

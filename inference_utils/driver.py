@@ -320,8 +320,9 @@ class _Driver:
         self.after([key] if self.active.send(key, result) else [])
 
     def generated(self, key: Hashable, result: ModelResult) -> None:
-        self.active.stats.count_llm(self.active.waiting[key].role, [result])
-        self.after([key] if self.active.send(key, result.text) else [])
+        request = self.active.waiting[key]
+        self.active.stats.count_llm(request.role, [result])
+        self.after([key] if self.active.send(key, _answer(request, result)) else [])
 
     def threw(self, key: Hashable, error: BaseException) -> None:
         self.after([key] if self.active.throw(key, error) else [])
@@ -377,7 +378,7 @@ class _Driver:
             request = self.active.waiting[key]
             if isinstance(request, StreamedPlan):  # written whole: its calls run now
                 _PlanRun(self, key, request).written(result.text)
-            elif self.active.send(key, result.text):
+            elif self.active.send(key, _answer(request, result)):
                 sent.append(key)
         self.batch = False
         self.after(sent)
@@ -385,6 +386,11 @@ class _Driver:
     def batch_failed(self, keys: list[Hashable], error: BaseException) -> None:
         self.batch = False
         self.after([k for k in keys if self.active.throw(k, error)])
+
+
+def _answer(request: Generate, result: ModelResult) -> str | ModelResult:
+    """What a search that asked ``request`` is sent: the text, or the whole result."""
+    return result if request.full else result.text
 
 
 def _role_of(request: Any) -> str | None:

@@ -235,7 +235,8 @@ class EndpointClient:
             self.json_mode = False
             return self.chat(messages, tools, response_format, decoding)
         message = _first_choice(answer, self.endpoint.url)["message"]
-        return _result(assistant_text(message), answer, _tool_calls(message), decoding)
+        result = _result(assistant_text(message), answer, _tool_calls(message), decoding)
+        return replace(result, content=message.get("content"))
 
     def call_function(
         self, messages: Sequence[dict], function: dict, decoding: Decoding | None = None

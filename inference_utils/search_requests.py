@@ -19,17 +19,20 @@ class Generate:
     """One LLM call: the role and what its backend is given.
 
     The driver sends back the generated text (``str``), cleaned as the static pipeline
-    cleans it.
+    cleans it, or with ``full`` the :class:`~inference_utils.backends.ModelResult` (a
+    function-calling agent reads its tool calls).
     """
 
     role: str  # "planner" | "caller" | "summarizer" | "backbone"
-    prompt: str  # the α-UMi text prompt (process_data.protocol.build_prompt)
+    prompt: str | None  # the text prompt (α-UMi's: process_data.protocol.build_prompt)
     messages: tuple | None = None  # the chat-format messages (chat endpoints), else None
     tools: tuple | None = None  # chat-format tools for roles that call tools, else None
     # (query_id, role): lets a local backend reuse the KV cache of this query's earlier
     # prompt for this role
     session: Hashable = None
     decoding: Decoding | None = None  # over the backend's own (a planner's stop string)
+    # the driver sends the whole ModelResult (tool calls, content) instead of the text
+    full: bool = False
 
     def model_request(self) -> ModelRequest:
         """The request as the role backend takes it."""

@@ -1113,3 +1113,104 @@ def brace_references(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return [brace_references(v) for v in value]
     return value
+
+
+# --------------------------------------------------------------------------------------------
+# ReAct (ToolBench's ToolLLaMA: model_adapter's process_system_message, react_parser) and
+# native function calling (ToolBench's chatgpt_function, with OpenAI's tools)
+# --------------------------------------------------------------------------------------------
+
+_REACT_ANCHOR = "with a function call to actually excute your step."
+REACT_FORMAT = " Your output should follow this format:\nThought:\nAction\nAction Input:\n"
+REACT_APIS = "\nSpecifically, you have access to the following APIs: "
+#: Speakers of a ReAct text prompt (ToolLLaMA's ``tool-llama-single-round`` template).
+REACT_SPEAKERS = {"system": "System", "user": "User", "function": "Function",
+                  "tool": "Function", "assistant": "Assistant"}  # fmt: skip
+#: A ReAct model stops before it writes an observation itself.
+REACT_STOP = ("\nFunction:", "\nObservation:")
+
+
+def react_system(system: str, functions: Sequence[dict]) -> str:
+    """ToolLLaMA's ``process_system_message``: the output format after the anchor sentence,
+    then the functions as Python writes them (``str(functions)``)."""
+    if _REACT_ANCHOR in system:
+        system = system.replace(_REACT_ANCHOR, _REACT_ANCHOR + REACT_FORMAT)
+    return system + REACT_APIS + str(list(functions))
+
+
+def react_turn(message: dict) -> str:
+    """An assistant message as ToolBench's ``process_assistant_reply`` writes it for
+    ToolLLaMA: ``Thought: ...\\nAction: ...\\nAction Input: ...`` (``None`` for no thought)."""
+    call = message.get("function_call")
+    if call is None:
+        return message.get("content") or ""
+    arguments = arguments_text(call.get("arguments") or "")
+    return f"Thought: {message.get('content')}\n{format_action(call['name'], arguments)}"
+
+
+def react_prompt(messages: Sequence[dict], functions: Sequence[dict]) -> str:
+    """The text prompt ToolLLaMA's ``parse`` builds: ``Role: content`` lines, the system
+    message with :func:`react_system`, then ``Assistant:``."""
+    lines = []
+    for m in messages:
+        content = react_turn(m) if m["role"] == "assistant" else m.get("content") or ""
+        if m["role"] == "system":
+            content = react_system(content, functions)
+        lines.append(f"{REACT_SPEAKERS[m['role']]}: {content}\n")
+    return "".join(lines) + "Assistant:\n"
+
+
+def react_chat(messages: Sequence[dict], functions: Sequence[dict]) -> list[dict]:
+    """The same conversation as chat messages for a model without tool calling: assistant
+    turns as :func:`react_turn`, results as ``user`` messages ``Observation: ...``."""
+    out = []
+    for m in messages:
+        if m["role"] == "system":
+            out.append({"role": "system", "content": react_system(m["content"], functions)})
+        elif m["role"] == "assistant":
+            out.append({"role": "assistant", "content": react_turn(m)})
+        elif m["role"] in ("function", "tool"):
+            out.append({"role": "user", "content": f"Observation: {m.get('content') or ''}"})
+        else:
+            out.append({"role": m["role"], "content": m.get("content") or ""})
+    return out
+
+
+def read_react(text: str) -> tuple[str | None, str | None]:
+    """A ReAct output's thought and its ``Action: ...`` text (for :func:`parse_action`), or
+    ``None`` for each part it lacks (ToolBench's ``react_parser`` reads the same three
+    fields by their tags)."""
+    at = text.find(ACTION_KEY)
+    head, call = (text, None) if at == -1 else (text[:at], text[at:])
+    head = head.strip()
+    head = head[len(THOUGHT_TAG) :].strip() if head.startswith(THOUGHT_TAG) else head
+    return head or None, call
+
+
+def tool_messages(messages: Sequence[dict]) -> list[dict]:
+    """A search's messages (ToolBench's ``function_call`` / ``function`` form) as OpenAI's
+    tool-calling messages: each call an assistant message with one ``tool_calls`` entry
+    (ids ``call_<n>`` in order), each result a ``tool`` message answering it."""
+    out: list[dict] = []
+    calls, last_id = 0, None
+    for m in messages:
+        call = m.get("function_call") if m["role"] == "assistant" else None
+        if call is not None:
+            calls += 1
+            last_id = f"call_{calls}"
+            entry = {
+                "name": call["name"],
+                "arguments": arguments_text(call.get("arguments") or "{}"),
+            }
+            out.append(
+                {
+                    "role": "assistant",
+                    "content": m.get("content") or "",  # llama.cpp's server refuses null
+                    "tool_calls": [{"id": last_id, "type": "function", "function": entry}],
+                }
+            )
+        elif m["role"] in ("function", "tool"):
+            out.append({"role": "tool", "tool_call_id": last_id, "content": m.get("content") or ""})
+        else:
+            out.append({"role": m["role"], "content": m.get("content")})
+    return out

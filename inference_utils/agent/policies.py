@@ -25,6 +25,7 @@ import json
 from collections.abc import Generator, Hashable
 
 from inference_utils.agent.search import PARALLEL_CALLS
+from inference_utils.backends import Decoding, ModelResult
 from inference_utils.routing import route
 from inference_utils.search_requests import Generate
 from process_data.protocol import (
@@ -33,6 +34,7 @@ from process_data.protocol import (
     GIVE_ANSWER,
     GIVE_UP_AND_RESTART,
     PLACEHOLDER,
+    REACT_STOP,
     TOOL_ROLES,
     Decision,
     build_prompt,
@@ -41,7 +43,11 @@ from process_data.protocol import (
     parse_action,
     parse_actions,
     parse_decision,
+    react_chat,
+    react_prompt,
+    read_react,
     render_turn,
+    tool_messages,
 )
 from process_data.toolbench.formats import ChatEncoder
 from process_data.toolbench.roles import render_backbone_history, render_history
@@ -209,3 +215,76 @@ def make_policy(
     call text holding several actions is run as one plan (see :func:`call_message`)."""
     cls = BackbonePolicy if backbone else MultiLLMPolicy
     return cls(instruction, query_id, prompt_types, chat, parallel)
+
+
+class ReActPolicy:
+    """One model prompted as ToolBench prompts ToolLLaMA (ReAct): the system message with
+    the output format and the functions (:func:`~process_data.protocol.react_system`), the
+    history as ``Thought`` / ``Action`` / ``Action Input`` turns and ``Function`` results, one
+    call per step. A text prompt for completions and local models, chat messages for chat
+    endpoints; the output ends before the model writes an observation of its own."""
+
+    def __init__(self, query_id: Hashable = None, chat: bool = False):
+        self.session = (query_id, "backbone")
+        self.chat = chat
+
+    def decide(self, messages: list[dict], functions: list[dict]) -> Generator[Generate, str, dict]:
+        chat = tuple(react_chat(messages, functions)) if self.chat else None
+        output = yield Generate(
+            "backbone",
+            react_prompt(messages, functions),
+            chat,
+            session=self.session,
+            decoding=Decoding(stop=REACT_STOP),
+        )
+        thought, call_text = read_react(output)
+        if call_text is None:  # a thought alone: ToolBench goes on from it
+            return {"role": "assistant", "content": thought or output}
+        return call_message(thought, call_text)
+
+
+class FunctionCallingPolicy:
+    """ToolBench's ``chatgpt_function`` way with OpenAI's ``tools``: the conversation as
+    tool-calling messages (:func:`~process_data.protocol.tool_messages`), the query's
+    functions with ``Finish`` as the tools, and every tool call of a turn run at once, on the
+    task graph, as one plan. A server that refuses tool roles is sent the turns as text by the
+    endpoint client, and calls it writes as text (``Action:`` / ``Action Input:``) are read
+    as calls. ``Finish`` beside other calls waits: those run, and the model answers after."""
+
+    def __init__(self, query_id: Hashable = None):
+        self.query_id = query_id
+
+    def decide(
+        self, messages: list[dict], functions: list[dict]
+    ) -> Generator[Generate, ModelResult, dict]:
+        result = yield Generate(
+            "backbone",
+            None,
+            tuple(tool_messages(messages)),
+            tuple(function_tools(functions, finish=True)),
+            full=True,
+        )
+        calls = [dict(c) for c in result.tool_calls]
+        thought = result.content or None
+        if not calls:
+            calls = [{"name": n, "arguments": a} for n, a in parse_actions(result.text)]
+            thought = read_react(result.text)[0] if calls else thought
+        if not calls:
+            return {"role": "assistant", "content": result.text}
+        if len(calls) > 1:
+            calls = [c for c in calls if c["name"] != FINISH] or calls[:1]
+        message = assistant_message(thought, calls[0]["name"], calls[0]["arguments"])
+        if len(calls) > 1:
+            message[PARALLEL_CALLS] = calls
+        return message
+
+
+def agent_policy(
+    agent: str, query_id: Hashable = None, chat: bool = False
+) -> ReActPolicy | FunctionCallingPolicy:
+    """The policy of one of the single-model baselines: ``react`` or ``function_calling``."""
+    if agent == "react":
+        return ReActPolicy(query_id, chat)
+    if agent == "function_calling":
+        return FunctionCallingPolicy(query_id)
+    raise ValueError(f"no policy for the agent {agent!r}")

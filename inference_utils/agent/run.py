@@ -53,7 +53,7 @@ from inference_utils.agent.llmcompiler import (
     CompilerConfig,
     llmcompiler,
 )
-from inference_utils.agent.policies import make_policy
+from inference_utils.agent.policies import agent_policy, make_policy
 from inference_utils.agent.search import (
     MAX_QUERY_COUNT,
     MAX_STEPS,
@@ -194,9 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=AGENTS,
         default="alpha_umi",
         help="alpha_umi: ToolBench's search (--method) with alpha-UMi's roles or the "
-        "backbone; llmcompiler: LLMCompiler's plan-and-execute with the backbone role",
+        "backbone; react: one model, ToolLLaMA's Thought/Action/Action Input; "
+        "function_calling: an endpoint's OpenAI tool calls, every call of a turn at once; "
+        "llmcompiler: LLMCompiler's plan-and-execute (the last three on the backbone role)",
     )
-    p.add_argument("--method", default="DFS_woFilter_w2", help="CoT@n or DFS_woFilter_wN")
+    p.add_argument(
+        "--method",
+        help="CoT@n or DFS_woFilter_wN (default: DFS_woFilter_w2 for alpha_umi, CoT@1 for "
+        "react and function_calling)",
+    )
     p.add_argument(
         "--llmcompiler_config",
         default=str(DEFAULT_CONFIG),
@@ -252,9 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: The agents ``--agent`` picks; each writes ToolBench answer files.
-AGENTS = ("alpha_umi", "llmcompiler")
-#: The method an agent's answer files are named after, where it is not ``--method``.
-AGENT_METHODS = {"llmcompiler": "LLMCompiler"}
+AGENTS = ("alpha_umi", "react", "function_calling", "llmcompiler")
+#: Each agent's default ``--method``; LLMCompiler's names its answer files.
+AGENT_METHODS = {
+    "alpha_umi": "DFS_woFilter_w2",
+    "react": "CoT@1",
+    "function_calling": "CoT@1",
+    "llmcompiler": "LLMCompiler",
+}
 
 
 def _say(message: str) -> None:
@@ -265,7 +276,7 @@ def _searches(
     todo: list[Query], args: argparse.Namespace, chat: bool, descriptions: dict[str, str]
 ) -> Iterator[tuple[Hashable, object]]:
     """Each query's search, made when the driver starts it (a bad query fails alone)."""
-    method = parse_method(args.method) if args.agent == "alpha_umi" else None
+    method = parse_method(args.method) if args.agent != "llmcompiler" else None
     backbone = bool(args.backbone_model_name_or_path or args.backbone_endpoint)
     for query in todo:
         yield query.key, _search(query, method, args, chat, backbone, descriptions)
@@ -283,9 +294,12 @@ def _search(
     if args.agent == "llmcompiler":
         config = CompilerConfig.load(args.llmcompiler_config)
         return (yield from llmcompiler(env, config, max_replans=args.max_replans))
-    policy = make_policy(
-        backbone, env.query, query.key, prompt_types_of(args), chat, args.parallel_calls
-    )
+    if args.agent == "alpha_umi":
+        policy = make_policy(
+            backbone, env.query, query.key, prompt_types_of(args), chat, args.parallel_calls
+        )
+    else:
+        policy = agent_policy(args.agent, query.key, chat)
     return (
         yield from search(
             method,
@@ -301,13 +315,24 @@ def _search(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.method = AGENT_METHODS.get(args.agent, args.method)
+    if args.agent == "llmcompiler" and args.method not in (None, AGENT_METHODS["llmcompiler"]):
+        _say("--agent llmcompiler plans, it does not search: leave --method out")
+        return 2
+    args.method = args.method or AGENT_METHODS[args.agent]
     if args.agent != "alpha_umi" and not (
         args.backbone_model_name_or_path or args.backbone_endpoint
     ):
         _say(
             f"--agent {args.agent} runs on the backbone role: give --backbone_endpoint or "
             "--backbone_model_name_or_path"
+        )
+        return 2
+    if args.agent == "function_calling" and not (
+        args.backbone_endpoint and args.endpoint_api == "chat"
+    ):
+        _say(
+            "--agent function_calling sends OpenAI tools: give --backbone_endpoint URL and "
+            "--endpoint_api chat"
         )
         return 2
     if args.agent == "llmcompiler":
@@ -320,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say("--concurrency must be at least 1")
         return 2
     try:
-        method = parse_method(args.method) if args.agent == "alpha_umi" else None
+        method = parse_method(args.method) if args.agent != "llmcompiler" else None
     except ValueError as exc:
         _say(str(exc))
         return 2
