@@ -22,6 +22,7 @@ from test_agent_run import run as run_command
 
 from inference_utils.agent.llmcompiler import CONFIGS, CompilerConfig
 from inference_utils.agent.run import main as run_agent_main
+from inference_utils.tooleval.convert import convert_dir
 from process_data.protocol import (
     END_OF_PLAN,
     JOIN_DESCRIPTION,
@@ -327,6 +328,10 @@ def test_the_last_joiner_may_not_replan(tmp_path: Path) -> None:
         assert run(tmp_path, planner, tools.url, "--max_replans", "0") == 0
     summary = read_json(tmp_path / "summary.json")
     assert summary["gave_up"] + summary["no_answer"] == 1 and summary["llm_calls"] == 2
+    # an answer that gave up converts for ToolEval: "LLMCompiler" names neither CoT nor DFS,
+    # so the converter reads the file's shape (its trys)
+    converted = convert_dir(tmp_path, "LLMCompiler")[BARCODE]["answer"]
+    assert converted["final_answer"] == "" and converted["method"] == "LLMCompiler"
 
 
 @pytest.mark.timeout(600)

@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import traceback
 from collections.abc import Generator, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -148,6 +149,7 @@ class Summary:
     no_answer: int = 0  # the search ended without a final answer or a give-up
     failed: dict[str, str] = field(default_factory=dict)  # query key → reason
     model_errors: int = 0  # model calls that failed and became messages (--on_model_error)
+    query_seconds: dict[str, float] = field(default_factory=dict)  # from start to end
 
     def outcome(self, result: SearchResult) -> None:
         self.model_errors += result.model_errors
@@ -180,6 +182,8 @@ class Summary:
             "reused_tokens": stats.reused_tokens,
             "seconds": round(stats.seconds, 3),
             "concurrency": args.concurrency,
+            "agent": args.agent,
+            "query_seconds": self.query_seconds,
         }
 
 
@@ -273,12 +277,18 @@ def _say(message: str) -> None:
 
 
 def _searches(
-    todo: list[Query], args: argparse.Namespace, chat: bool, descriptions: dict[str, str]
+    todo: list[Query],
+    args: argparse.Namespace,
+    chat: bool,
+    descriptions: dict[str, str],
+    started: dict[str, float],
 ) -> Iterator[tuple[Hashable, object]]:
-    """Each query's search, made when the driver starts it (a bad query fails alone)."""
+    """Each query's search, made when the driver starts it (a bad query fails alone);
+    ``started`` gets the moment each one starts."""
     method = parse_method(args.method) if args.agent != "llmcompiler" else None
     backbone = bool(args.backbone_model_name_or_path or args.backbone_endpoint)
     for query in todo:
+        started[query.key] = time.monotonic()
         yield query.key, _search(query, method, args, chat, backbone, descriptions)
 
 
@@ -393,6 +403,7 @@ def _run(
     chat = endpoints is not None and args.endpoint_api == "chat"
     llm = endpoints or build_models(args, generation_settings(args), PROG)
     by_key = {q.key: q for q in todo}
+    started: dict[str, float] = {}
     tools = ToolClient(
         args.toolserver,
         toolbench_key=args.toolbench_key,
@@ -404,6 +415,7 @@ def _run(
 
         def on_done(key: Hashable, result: object, error: BaseException | None) -> None:
             query = by_key[key]
+            summary.query_seconds[query.key] = round(time.monotonic() - started.pop(key), 3)
             if error is None:
                 try:
                     write_answer(query.answer, answer_json(result, seed=query.query_id))
@@ -427,7 +439,7 @@ def _run(
 
         try:
             run_searches(
-                _searches(todo, args, chat, descriptions),
+                _searches(todo, args, chat, descriptions, started),
                 llm,
                 tools,
                 args.concurrency,

@@ -196,9 +196,14 @@ def convert_answer(answer: dict, method: str, rng: random.Random) -> dict:
         root = cot_steps(answer, rng)
     elif "dfs" in method.lower():
         root = dfs_steps(answer)
+    elif "trys" in answer:  # a method named neither (LLMCompiler): the file's own shape
+        root = cot_steps(answer, rng)
+    elif "tree" in answer:
+        root = dfs_steps(answer)
     else:
         raise ConvertError(
-            f"method {method!r} is neither CoT nor DFS: cannot read an invalid answer"
+            f"method {method!r} is neither CoT nor DFS, and the answer has neither trys nor a "
+            "tree: cannot read an invalid answer"
         )
     path = walk(root, rng)
     return {
