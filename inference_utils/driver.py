@@ -221,20 +221,23 @@ def run_searches(
     stats: RunStats | None = None,
     plan_timeout: float = PLAN_TIMEOUT,
     lane_width: int | None = None,
+    tool_lane_width: int | None = None,
 ) -> RunStats:
     """Run every search to its end; ``on_done`` is called as each ends (in the calling
     thread). ``llm`` is the role backend (see the module's docstring for how it is asked);
     ``tools`` answers tool requests (``None``: searches that make none, as the static
     pipeline's steps; one that does fails); ``plan_timeout`` bounds each call of a
     :class:`ToolPlan` (seconds); ``lane_width`` caps the calls at once of each role and of the
-    tools (default: ``concurrency``)."""
+    tools (default: ``concurrency``), ``tool_lane_width`` those of the tools alone (a plan's
+    calls run in parallel even when one query runs at a time)."""
     stats = stats if stats is not None else RunStats()
     items = searches.items() if isinstance(searches, Mapping) else searches
     active = _Searches(items, concurrency, on_done, stats)
     start = time.monotonic()
     answers = _ToolAnswers(tools, plan_timeout) if tools is not None else None
     try:
-        _Driver(active, llm, answers, lane_width or concurrency).run()
+        width = lane_width or concurrency
+        _Driver(active, llm, answers, width, tool_lane_width or width).run()
     finally:
         stats.seconds += time.monotonic() - start
         prefill = getattr(llm, "stats", None)
@@ -261,12 +264,13 @@ class _Driver:
         llm: RoleBackend,
         tools: _ToolAnswers | None,
         lane_width: int,
+        tool_lane_width: int,
     ):
-        if lane_width < 1:
-            raise ValueError("lane_width must be at least 1")
+        if lane_width < 1 or tool_lane_width < 1:
+            raise ValueError("lane widths must be at least 1")
         self.active, self.llm, self.tools = active, llm, tools
         self.rounds = llm.batched
-        lanes = {TOOLS_LANE: lane_width}
+        lanes = {TOOLS_LANE: tool_lane_width}
         if self.rounds:
             lanes[MODELS_LANE] = 1
         else:

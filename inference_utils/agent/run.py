@@ -221,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", required=True)
     add_role_arguments(p)
     p.add_argument("--concurrency", type=int, default=8, help="queries run at once")
+    p.add_argument(
+        "--tool_concurrency",
+        type=int,
+        help="tool calls at once in all (default: --concurrency, at least 8): the calls of "
+        "one plan or one turn run in parallel even with --concurrency 1",
+    )
     p.add_argument("--max_observation_length", type=int, default=MAX_OBSERVATION_LENGTH)
     p.add_argument(
         "--parallel_calls",
@@ -351,8 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             _say(str(exc))
             return 2
-    if args.concurrency < 1:
-        _say("--concurrency must be at least 1")
+    if args.concurrency < 1 or (args.tool_concurrency is not None and args.tool_concurrency < 1):
+        _say("--concurrency and --tool_concurrency must be at least 1")
         return 2
     try:
         method = parse_method(args.method) if args.agent != "llmcompiler" else None
@@ -404,12 +410,13 @@ def _run(
     llm = endpoints or build_models(args, generation_settings(args), PROG)
     by_key = {q.key: q for q in todo}
     started: dict[str, float] = {}
+    tool_width = args.tool_concurrency or max(args.concurrency, 8)
     tools = ToolClient(
         args.toolserver,
         toolbench_key=args.toolbench_key,
         timeout=args.tool_timeout,
         max_retries=args.tool_retries,
-        max_connections=max(args.concurrency, 1),
+        max_connections=tool_width,
     )
     with progress(len(todo), "query") as bar:
 
@@ -447,6 +454,7 @@ def _run(
                 stats,
                 # a backstop for a planned call: each attempt's timeout and backoff (≤ 10 s)
                 plan_timeout=(args.tool_timeout + 10.0) * (args.tool_retries + 1),
+                tool_lane_width=tool_width,
             )
         finally:
             tools.close()
