@@ -495,7 +495,8 @@ class _PlanRun:
             if call.is_join:
                 continue
             if not first:
-                self.answer(position, call, error_observation(f"task {call.id}: a duplicate id"))
+                text = f"task {call.id}: a duplicate id (ids go on from {max(self.seen) + 1})"
+                self.answer(position, call, error_observation(text))
                 continue
             refs = plan_references((call.args, call.kwargs))
             later = sorted(r for r in refs if r >= call.id or r not in self.seen)

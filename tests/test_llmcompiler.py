@@ -259,6 +259,7 @@ def test_bad_plans_get_error_observations_and_never_hang(tmp_path: Path) -> None
     scheduler waits forever. Here each is an observation, and the plan goes on."""
     plan = [
         (f'1. {CODE}("1")\n', 0.0),
+        (f'1. {CODE}("again")\n', 0.0),  # a duplicate id
         (f"5. {CODE}($7)\n", 0.0),  # a gap, and a reference to no task
         ('6. no_such_tool("x")\n', 0.0),
         (f'7. {CODE}("a", "b")\n', 0.0),  # more arguments than parameters
@@ -270,10 +271,11 @@ def test_bad_plans_get_error_observations_and_never_hang(tmp_path: Path) -> None
         assert tools.calls == 1
     observations = [json.loads(o)["error"] for _, o in calls_of(answer_of(tmp_path))]
     assert observations[0] == ""
-    assert "refers to task 7, which is not an earlier task" in observations[1]
-    assert "No such function name: no_such_tool" in observations[2]
-    assert "takes 1 arguments by position, not 2" in observations[3]
-    assert observations[4].startswith("not run: task 6 failed")
+    assert observations[1] == "task 1: a duplicate id (ids go on from 2)"
+    assert "refers to task 7, which is not an earlier task" in observations[2]
+    assert "No such function name: no_such_tool" in observations[3]
+    assert "takes 1 arguments by position, not 2" in observations[4]
+    assert observations[5].startswith("not run: task 6 failed")
 
 
 @pytest.mark.timeout(60)
