@@ -2,8 +2,9 @@
 
 ``backend.generate(role, requests)`` answers a batch of :class:`ModelRequest` for one role, in
 order, with :class:`ModelResult` s; ``backend.stream(role, request)`` yields the text of one
-request as it is produced. The static pipeline, the real-time agent, the judges and the tool
-server's simulator all call models this way, whatever serves them:
+request as it is produced, and returns the whole :class:`ModelResult` (with the token counts
+the backend knows) as the generator's value. The static pipeline, the real-time agent, the
+judges and the tool server's simulator all call models this way, whatever serves them:
 
 * local checkpoints, or one base with a LoRA adapter per role
   (:class:`inference_utils.generation.HFModels`, :class:`~inference_utils.generation.LoRAModels`):
@@ -28,7 +29,7 @@ and ``concurrency`` (calls at once per role).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Generator, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -163,7 +164,7 @@ class RoleBackend(Protocol):
 
     def generate(self, role: str, requests: Sequence[ModelRequest]) -> list[ModelResult]: ...
 
-    def stream(self, role: str, request: ModelRequest) -> Iterator[str]: ...
+    def stream(self, role: str, request: ModelRequest) -> Generator[str, None, ModelResult]: ...
 
     def release(self, sessions: Iterable[Hashable]) -> None: ...
 

@@ -401,6 +401,10 @@ def _role_of(request: Any) -> str | None:
     return request.role if isinstance(request, Generate | StreamedPlan) else None
 
 
+#: A plan's stream once it has ended.
+_ENDED = object()
+
+
 class _PlanRun:
     """One :class:`StreamedPlan` in flight, driven from the graph's scheduling thread.
 
@@ -425,6 +429,7 @@ class _PlanRun:
         self.error: BaseException | None = None
         self.stream: Any = None
         self.counted = False  # the planner's call is in the run's stats
+        self.result: ModelResult | None = None  # the stream's value: its token counts
 
     # -- the planner's text ----------------------------------------------------------------
 
@@ -447,30 +452,33 @@ class _PlanRun:
 
     def next_lines(self) -> str | None:
         """The streamed text up to and including the next line end (in a worker), or
-        ``None`` at the end of the stream."""
+        ``None`` at the end of the stream (whose value, the whole result with its token
+        counts, is kept)."""
         if self.stream is None:
             request = self.request.model_request()
-            self.stream = iter(self.driver.llm.stream(self.request.role, request))
+            self.stream = self.driver.llm.stream(self.request.role, request)
         pieces = []
-        for piece in self.stream:
+        while self.stream is not _ENDED:
+            try:
+                piece = next(self.stream)
+            except StopIteration as stop:  # its value is there once only
+                self.stream, self.result = _ENDED, stop.value
+                break
             pieces.append(piece)
             if "\n" in piece:
-                return "".join(pieces)
+                break
         return "".join(pieces) if pieces else None
 
     def got(self, text: str | None) -> None:
+        """A piece of the plan (the text after ``join`` is read to the stream's end, which
+        the stop string bounds, but not parsed)."""
         if text is not None:
             self.parts.append(text)
             self.take(self.reader.feed(text))
-        if text is None or self.reader.joined:
-            if text is None:
-                self.take(self.reader.close())
-            close = getattr(self.stream, "close", None)
-            if close is not None:  # the rest of the output is not read (after join)
-                close()
-            self.end()
-        else:
             self.read_next()
+        else:
+            self.take(self.reader.close())
+            self.end()
 
     def failed(self, error: BaseException) -> None:
         self.error = error
@@ -480,7 +488,8 @@ class _PlanRun:
         self.ended = True
         if not self.counted:
             self.counted = True
-            result = ModelResult("".join(self.parts))
+            text = "".join(self.parts)
+            result = self.result if isinstance(self.result, ModelResult) else ModelResult(text)
             self.driver.active.stats.count_llm(self.request.role, [result])
         self.maybe_done()
 

@@ -18,7 +18,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -150,6 +150,7 @@ class EndpointClient:
         self.plain_roles = False  # set once the server rejects tool messages
         self.json_mode = True  # cleared once the server rejects ``response_format``
         self.tool_calling = True  # cleared once the server rejects or ignores forced tool calls
+        self.stream_usage = True  # cleared once the server rejects ``stream_options``
 
     def close(self) -> None:
         self._http.close()
@@ -268,48 +269,65 @@ class EndpointClient:
         asked = ask_for_json(messages, function)
         return self.chat(asked, response_format={"type": "json_object"}, decoding=decoding)
 
-    def stream_complete(self, prompt: str, decoding: Decoding | None = None) -> Iterator[str]:
+    def stream_complete(
+        self, prompt: str, decoding: Decoding | None = None
+    ) -> Generator[str, None, ModelResult]:
         """The completion of an α-UMi text prompt, piece by piece as the server sends it
-        (ending before a stop string, whatever the server does with it)."""
+        (ending before a stop string, whatever the server does with it); returns the whole
+        result, with the token counts the server reports at the end of the stream."""
         body = {
             "model": self.model,
             "prompt": MODEL_INPUT_PREFIX + prompt,
             **self._sampling(decoding),
         }
-        pieces = (c["text"] for c in self._stream("/completions", body) if c.get("text"))
-        yield from cut_stream(pieces, decoding.stop if decoding else ())
+        usage: dict = {}
+        chunks = self._stream("/completions", body, usage)
+        pieces = (c["text"] for c in chunks if c.get("text"))
+        stop = decoding.stop if decoding else ()
+        return (yield from _collected(cut_stream(pieces, stop), chunks, usage))
 
     def stream_chat(
         self,
         messages: Sequence[dict],
         tools: Sequence[dict] | None = None,
         decoding: Decoding | None = None,
-    ) -> Iterator[str]:
+    ) -> Generator[str, None, ModelResult]:
         """The answer's text, piece by piece as the server sends it (tool messages as text
-        for a server known to refuse them; ending before a stop string)."""
+        for a server known to refuse them; ending before a stop string); returns the whole
+        result, as :meth:`stream_complete`."""
         plain = self.plain_roles
         body: dict[str, Any] = {"model": self.model, **self._sampling(decoding)}
         if tools and not plain:
             body["tools"] = list(tools)
         body["messages"] = plain_roles(messages) if plain else list(messages)
-        chunks = self._stream("/chat/completions", body)
+        usage: dict = {}
+        chunks = self._stream("/chat/completions", body, usage)
         pieces = (t for c in chunks if (t := (c.get("delta") or {}).get("content")))
-        yield from cut_stream(pieces, decoding.stop if decoding else ())
+        stop = decoding.stop if decoding else ()
+        return (yield from _collected(cut_stream(pieces, stop), chunks, usage))
 
-    def _stream(self, path: str, body: dict) -> Iterator[dict]:
-        """Each streamed chunk's first choice (server-sent events, ``stream: true``). A
-        request that fails before the first chunk is retried as :meth:`_request` retries; a
-        stream cut off later raises :class:`EndpointError`. At most ``max_answer_bytes`` are
-        read."""
+    def _stream(self, path: str, body: dict, usage: dict | None = None) -> Iterator[dict]:
+        """Each streamed chunk's first choice (server-sent events, ``stream: true``); the
+        ``usage`` the server reports (``stream_options.include_usage``, asked while the
+        server takes it) goes into ``usage``. A request that fails before the first chunk is
+        retried as :meth:`_request` retries; a stream cut off later raises
+        :class:`EndpointError`. At most ``max_answer_bytes`` are read."""
         where = f"POST {self.endpoint.url.rstrip('/')}{path} (streamed)"
         body = {**body, "stream": True}
-        for attempt in range(self.max_retries + 1):
+        attempt = 0
+        while attempt <= self.max_retries:
             started = False
+            asked = dict(body)
+            if self.stream_usage:
+                asked["stream_options"] = {"include_usage": True}
             try:
-                with self._http.stream("POST", path, json=body) as response:
+                with self._http.stream("POST", path, json=asked) as response:
                     if response.status_code >= 400:
                         text = _first_bytes(response, 500).decode("utf-8", "replace")
                         problem = f"HTTP {response.status_code}: {text}"
+                        if self.stream_usage and "stream_options" in text:
+                            self.stream_usage = False  # asked again without, for good
+                            continue
                         if response.status_code not in _RETRY_STATUS:
                             raise EndpointError(f"{where}: {problem}")
                     else:
@@ -320,12 +338,15 @@ class EndpointClient:
                             if data == b"[DONE]":
                                 return
                             try:
-                                choices = json.loads(data).get("choices") or []
+                                chunk = json.loads(data)
+                                choices = chunk.get("choices") or []
                             except (ValueError, AttributeError):
                                 raise EndpointError(
                                     f"{where}: a streamed chunk is not a JSON object: "
                                     f"{data[:200]!r}"
                                 ) from None
+                            if usage is not None and isinstance(chunk.get("usage"), dict):
+                                usage.update(chunk["usage"])
                             if choices:
                                 started = True
                                 yield choices[0]
@@ -336,6 +357,7 @@ class EndpointClient:
                 problem = f"{type(exc).__name__}: {exc}"
             if attempt < self.max_retries:
                 time.sleep(min(self.backoff * 2**attempt * random.uniform(0.5, 1.0), 30.0))
+            attempt += 1
         raise EndpointError(f"{where}: failed after {self.max_retries + 1} attempts: {problem}")
 
     def _request(
@@ -447,6 +469,21 @@ def _tool_calls(message: dict) -> tuple[dict, ...]:
     )
 
 
+def _collected(
+    pieces: Iterator[str], chunks: Iterator[dict], usage: dict
+) -> Generator[str, None, ModelResult]:
+    """Pass the pieces on, then return them as one result with the counts of ``usage``,
+    which the stream's last chunk fills: after a stop string the rest of the stream is read
+    for it (a server that honours ``stop`` has ended there anyway)."""
+    text = []
+    for piece in pieces:
+        text.append(piece)
+        yield piece
+    for _ in chunks:
+        pass
+    return _result("".join(text), {"usage": usage})
+
+
 def _result(
     text: str, answer: dict, calls: tuple[dict, ...] = (), decoding: Decoding | None = None
 ) -> ModelResult:
@@ -512,17 +549,17 @@ class EndpointBackend:
             raise ValueError(f"the {role} endpoint speaks chat: the request has no messages")
         return list(request.messages)
 
-    def stream(self, role: str, request: ModelRequest) -> Iterator[str]:
-        """The text as the endpoint streams it (server-sent events)."""
+    def stream(self, role: str, request: ModelRequest) -> Generator[str, None, ModelResult]:
+        """The text as the endpoint streams it (server-sent events); returns the whole result
+        with the token counts the server reports."""
         client = self.client(role)
         if client.endpoint.api == "chat":
             tools = list(request.tools) if request.tools else None
             messages = self._messages(client, role, request)
-            yield from client.stream_chat(messages, tools, request.decoding)
-        elif request.prompt is None:
+            return (yield from client.stream_chat(messages, tools, request.decoding))
+        if request.prompt is None:
             raise ValueError(f"the {role} endpoint speaks completions: give a prompt")
-        else:
-            yield from client.stream_complete(request.prompt, request.decoding)
+        return (yield from client.stream_complete(request.prompt, request.decoding))
 
     def release(self, sessions: Iterable[Hashable]) -> None:
         """Endpoints keep no sessions."""

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Generator, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -486,11 +486,12 @@ class _LocalBackend:
             results.append(ModelResult(text, (), len(prompt), len(out)))
         return results
 
-    def stream(self, role: str, request: ModelRequest) -> Iterator[str]:
+    def stream(self, role: str, request: ModelRequest) -> Generator[str, None, ModelResult]:
         """The text of one request as it is decoded (greedy, or as the settings sample), from
-        a generation that runs in a thread of its own while the caller reads. The backend
-        serves nothing else until the stream ends or is closed; an error of the generation is
-        raised here, after the text produced before it."""
+        a generation that runs in a thread of its own while the caller reads; returns the
+        whole result with its token counts. The backend serves nothing else until the stream
+        ends or is closed; an error of the generation is raised here, after the text produced
+        before it."""
         from transformers import TextIteratorStreamer
 
         with self._lock:
@@ -519,12 +520,18 @@ class _LocalBackend:
 
             worker = threading.Thread(target=run, name="local-stream", daemon=True)
             worker.start()
+            pieces = []
             try:
-                yield from cut_stream(streamer, settings.stop)
+                for piece in cut_stream(streamer, settings.stop):
+                    pieces.append(piece)
+                    yield piece
             finally:  # the streamer's queue is unbounded: the generation ends on its own
                 worker.join()
             if failure:
                 raise failure[0]
+            text = "".join(pieces)
+            completion = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            return ModelResult(text, prompt_tokens=len(ids), completion_tokens=completion)
 
     def _prompt_ids(self, tokenizer: Any, request: ModelRequest) -> list[int]:
         """A request's prompt tokens: the α-UMi text prompt as in training, else the chat

@@ -180,11 +180,12 @@ def test_react_one_call_per_step(tmp_path: Path) -> None:
 def test_function_calling_and_react_against_llama_cpp(llama_server, tmp_path: Path) -> None:  # noqa: F811
     """The default GGUF behind llama.cpp's server: it takes ``tools`` (and answers in text,
     without a chat format for tool calls), and refuses an assistant message whose content is
-    null, which the tool messages therefore never hold. Both agents run a query to their
-    bounds without a failure."""
+    null, which the tool messages therefore never hold; LLMCompiler's plan streams from it.
+    Each agent runs a query to its bounds without a failure."""
     bounds = ["--max_new_tokens", "32", "--single_chain_max_step", "4", "--request_timeout", "300"]
     with ToolStandIn(together=1, hold=0.0) as tools:
-        for agent, api in (("function_calling", "chat"), ("react", "completions")):
+        agents = (("function_calling", "chat"), ("react", "completions"))
+        for agent, api in (*agents, ("llmcompiler", "completions")):
             out = tmp_path / agent
             argv = ["--agent", agent, "--queries", str(QUERIES), "--toolserver", tools.url]
             argv += ["--output_dir", str(out), "--query_ids", BARCODE, "--endpoint_api", api]

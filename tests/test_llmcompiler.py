@@ -145,6 +145,8 @@ class PlannerEndpoint(Gateway):
         self.break_after: int | None = None
         self.ended: list[float] = []  # when each plan's stream ended
         self.prompts: list[str] = []
+        self.reject_stream_options = False
+        self.bodies: list[dict] = []
 
     async def _handle(self, path: str, request: Request):
         if request.method == "GET":
@@ -155,7 +157,13 @@ class PlannerEndpoint(Gateway):
         if "create a plan" not in prompt:
             text = self.joins.pop(0)
             return JSONResponse({"choices": [{"index": 0, "text": text}]})
+        self.bodies.append(body)
+        if self.reject_stream_options and "stream_options" in body:
+            message = "Unrecognized request argument supplied: stream_options"
+            return JSONResponse({"error": {"message": message}}, status_code=400)
         pieces = self.plans.pop(0)
+        usage = {"prompt_tokens": 1000, "completion_tokens": 30, "total_tokens": 1030}
+        with_usage = (body.get("stream_options") or {}).get("include_usage")
 
         async def events():
             for n, (text, wait) in enumerate(pieces):
@@ -164,6 +172,8 @@ class PlannerEndpoint(Gateway):
                     raise RuntimeError("the planner broke off")
                 yield f"data: {json.dumps({'choices': [{'index': 0, 'text': text}]})}\n\n"
             self.ended.append(time.monotonic())
+            if with_usage:  # OpenAI's last chunk: no choices, the usage
+                yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n"
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -220,6 +230,21 @@ def test_calls_start_while_the_plan_streams_and_the_answer_is_whole(tmp_path: Pa
     assert answer["answer_generation"]["valid_data"]
     summary = read_json(tmp_path / "summary.json")
     assert summary["answered"] == 1 and summary["llm_calls"] == 2 and summary["tool_calls"] == 2
+    # the streamed plan's tokens, as the server reports them at the end of the stream (the
+    # joiner's answer reports none here)
+    assert summary["prompt_tokens"] == 1000 and summary["completion_tokens"] == 30
+
+
+@pytest.mark.timeout(60)
+def test_a_server_that_refuses_stream_options_is_asked_without(tmp_path: Path) -> None:
+    plan = [(f'1. {CODE}("1")\n2. join()\n', 0.0)]
+    with PlannerEndpoint([plan], ["Action: Finish(x)"]) as planner, TimedTools() as tools:
+        planner.reject_stream_options = True
+        assert run(tmp_path, planner, tools.url) == 0
+        assert tools.calls == 1
+    asked = [b for b in planner.bodies if b.get("stream")]
+    assert "stream_options" in asked[0] and "stream_options" not in asked[1]
+    assert read_json(tmp_path / "summary.json")["prompt_tokens"] == 0
 
 
 @pytest.mark.timeout(60)
@@ -246,10 +271,12 @@ class TimedToolsLog(ToolStandIn):
 
 @pytest.mark.timeout(60)
 def test_several_lines_in_one_piece_all_run(tmp_path: Path) -> None:
-    plan = [(f'1. {CODE}("1")\n2. {CODE}("2")\n3. {CODE}("3")\n4. join()\n', 0.0)]
+    plan = [(f'1. {CODE}("1")\n2. {CODE}("2")\n3. {CODE}("3")\n4. join()', 0.0)]
     with PlannerEndpoint([plan], ["Action: Finish(three)"]) as planner, TimedTools() as tools:
         assert run(tmp_path, planner, tools.url) == 0
         assert tools.calls == 3
+    # the stream's usage is kept when its last piece ends without a newline
+    assert read_json(tmp_path / "summary.json")["prompt_tokens"] == 1000
 
 
 @pytest.mark.timeout(60)
