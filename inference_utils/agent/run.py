@@ -343,12 +343,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--backbone_model_name_or_path"
         )
         return 2
-    if args.agent == "function_calling" and not (
-        args.backbone_endpoint and args.endpoint_api == "chat"
-    ):
+    if args.agent == "function_calling" and args.backbone_endpoint and args.endpoint_api != "chat":
         _say(
-            "--agent function_calling sends OpenAI tools: give --backbone_endpoint URL and "
-            "--endpoint_api chat"
+            "--agent function_calling sends OpenAI tools: give --endpoint_api chat with "
+            "--backbone_endpoint (or a local model, --backbone_model_name_or_path, whose chat "
+            "template gets the tools)"
         )
         return 2
     if args.agent == "llmcompiler":
