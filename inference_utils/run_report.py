@@ -195,6 +195,10 @@ def agents(root: Path) -> list[str]:
         "win rate %", "tie rate %", "LLM calls/query", "tool calls/query", "s/query",
     ]  # fmt: skip
     lines = _table(header, rows)
+    named = {path.parent.name for path in found}
+    for name, summary in passes.items():  # the reference, say: answer sets of no agent here
+        if name not in named:
+            lines += ["", f"Answer set `{name}`: pass rate {_num(summary['pass_rate'], 1)} %."]
     used = [s["_file"] for s in [*passes.values(), *wins.values()]]
     if used:
         lines += ["", "Pass and win rates from " + ", ".join(f"`{f}`" for f in used) + "."]

