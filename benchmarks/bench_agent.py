@@ -137,7 +137,6 @@ class RoleServer:
     """An OpenAI-compatible completions server playing ``role`` by :func:`rule`."""
 
     def __init__(self, role: str, calls: int, delay: float):
-        import uvicorn
 
         app = FastAPI()
 
@@ -154,19 +153,28 @@ class RoleServer:
 
         app.add_api_route("/v1/models", models, methods=["GET"])
         app.add_api_route("/v1/completions", complete, methods=["POST"])
-        port = free_port()
+        self.server, port = serve(app, f"the {role} server")
         self.url = f"http://127.0.0.1:{port}/v1"
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        threading.Thread(target=self.server.run, daemon=True).start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            if time.time() > deadline:
-                raise RuntimeError("a role server did not start")
-            time.sleep(0.05)
 
     def stop(self) -> None:
         self.server.should_exit = True
+
+
+def serve(app: FastAPI, what: str):
+    """``app`` served by uvicorn on 127.0.0.1 from a thread of this process, once it has
+    started; the server (``should_exit`` stops it) and its port."""
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.time() + 30
+    while not server.started:
+        if time.time() > deadline:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.05)
+    return server, port
 
 
 def start_toolserver(work: Path) -> subprocess.Popen:

@@ -45,11 +45,10 @@ import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from bench_agent import DelayedTools, start_toolserver
+from bench_agent import DelayedTools, serve, start_toolserver
 from bench_prepro import free_port, machine, write_results
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -117,7 +116,6 @@ class ScriptedModel:
     text in the request, makes its gold calls in the agent's format, then answers."""
 
     def __init__(self, gold: list[tuple[dict, list[tuple[str, dict]]]], delay: float):
-        import uvicorn
         from transformers import AutoTokenizer
 
         from GLPFT.models import resolve_model
@@ -129,16 +127,8 @@ class ScriptedModel:
         app.add_api_route("/{role}/v1/models", self.models, methods=["GET"])
         app.add_api_route("/{role}/v1/completions", self.complete, methods=["POST"])
         app.add_api_route("/{role}/v1/chat/completions", self.chat, methods=["POST"])
-        port = free_port()
+        self.server, port = serve(app, "the scripted model")
         self.base = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        threading.Thread(target=self.server.run, daemon=True).start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            if time.time() > deadline:
-                raise RuntimeError("the scripted model did not start")
-            time.sleep(0.05)
 
     def url(self, role: str) -> str:
         return f"{self.base}/{role}/v1"
