@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from inference_utils.tooleval.answer_status import win_rates
+from process_data.protocol import ROLES
 
 #: Static metrics as α-UMi's paper names them, from ``metrics.json``'s keys.
 STATIC_METRICS = {
@@ -40,8 +41,8 @@ STATIC_METRICS = {
     "f1": "Arg F1",
     "rouge": "R-L",
 }
-#: Training order: stage 1, then the roles.
-MODELS = ("backbone", "planner", "caller", "summarizer")
+#: Training order: stage 1 (the backbone), then the roles.
+MODELS = ROLES
 LOSS_CHART = "training_loss.png"
 
 
