@@ -477,7 +477,8 @@ def main() -> None:
         )]  # fmt: skip
         if long:
             lines += ["", (
-                f"{long} of the queries need four or more calls: ToolBench's depth cap "
+                ("One query needs" if long == 1 else f"{long} queries need")
+                + " four or more calls: ToolBench's depth cap "
                 "(`--single_chain_max_step 12`, which counts thought nodes) ends a chain of "
                 "four calls of three nodes each before its `Finish`, so the one-call-per-step "
                 "designs may leave it without an answer, as ToolBench's agents would; the "
