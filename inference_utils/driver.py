@@ -195,8 +195,8 @@ class _Searches:
             self._end(key, None, SearchFailed(f"a search yielded {type(request).__name__}"))
             return False
         self.waiting[key] = request
-        if isinstance(request, Generate | StreamedPlan) and request.model_request().session:
-            self.sessions.setdefault(key, set()).add(request.model_request().session)
+        if isinstance(request, Generate | StreamedPlan) and request.session is not None:
+            self.sessions.setdefault(key, set()).add(request.session)
         return True
 
     def _end(self, key: Hashable, result: Any, error: BaseException | None) -> None:
@@ -423,7 +423,8 @@ class _PlanRun:
         self.answers: dict[int, Observation] = dict(request.known)  # by id, earlier rounds too
         self.seen: set[int] = set(request.known)  # ids written so far
         self.own: dict[int, Observation] = {}  # this plan's calls' observations, by position
-        self.waiting: dict[int, list[tuple[int, PlanCall, ToolRequest, set[int]]]] = {}
+        # a call waiting on answers: (position, call, request, its references, those pending)
+        self.waiting: dict[int, list[tuple[int, PlanCall, ToolRequest, set[int], set[int]]]] = {}
         self.running = 0  # calls started, not answered
         self.ended = False
         self.error: BaseException | None = None
@@ -519,7 +520,7 @@ class _PlanRun:
                 continue
             pending = {r for r in refs if r not in self.answers}
             if pending:
-                entry = (position, call, routed, pending)
+                entry = (position, call, routed, refs, pending)
                 for ref in pending:
                     self.waiting.setdefault(ref, []).append(entry)
             else:
@@ -558,19 +559,16 @@ class _PlanRun:
         if call.id in self.answers:  # a duplicate id: the first call keeps it
             return
         self.answers[call.id] = observation
-        for entry in self.waiting.pop(call.id, []):
-            pending = entry[3]
+        for other_position, other, request, refs, pending in self.waiting.pop(call.id, []):
             pending.discard(call.id)
             if not pending:
-                other_position, other, request, _ = entry
-                refs = plan_references((other.args, other.kwargs))
                 self.start(other_position, other, request, refs)
 
     def maybe_done(self) -> None:
         if not self.ended or self.running:
             return
         for entries in self.waiting.values():  # can only wait on a call that never ran
-            for position, call, _, _ in entries:
+            for position, call, *_ in entries:
                 if position not in self.own:
                     self.own[position] = error_observation(f"task {call.id}: not run")
         self.waiting.clear()

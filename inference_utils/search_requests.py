@@ -102,6 +102,10 @@ class StreamedPlan:
     def role(self) -> str:
         return self.generate.role
 
+    @property
+    def session(self) -> Hashable:
+        return self.generate.session
+
     def model_request(self) -> ModelRequest:
         return self.generate.model_request()
 

@@ -308,8 +308,7 @@ def _search(
 ) -> Generator[Request, object, SearchResult]:
     env = QueryEnv.from_query(query.data, descriptions, args.max_observation_length)
     if args.agent == "llmcompiler":
-        config = CompilerConfig.load(args.llmcompiler_config)
-        return (yield from llmcompiler(env, config, max_replans=args.max_replans))
+        return (yield from llmcompiler(env, args.compiler_config, max_replans=args.max_replans))
     if args.agent == "alpha_umi":
         policy = make_policy(
             backbone, env.query, query.key, prompt_types_of(args), chat, args.parallel_calls
@@ -351,8 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     if args.agent == "llmcompiler":
-        try:
-            CompilerConfig.load(args.llmcompiler_config)
+        try:  # read once, for every query
+            args.compiler_config = CompilerConfig.load(args.llmcompiler_config)
         except (OSError, ValueError) as exc:
             _say(str(exc))
             return 2
