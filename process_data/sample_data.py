@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import string
 import sys
 from pathlib import Path
 from typing import Any
@@ -169,16 +170,22 @@ def function_schema(tool: str, api: dict[str, Any]) -> dict[str, Any]:
 
 
 def draw_step(tool: str, api: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-    """One call to ``api``: its arguments, tool output, and the query/answer phrases."""
+    """One call to ``api``: its arguments, tool output, the query/answer phrases, and the facts
+    a correct final answer reports (the values its answer sentence names that the tool found,
+    not the ones the query gave)."""
     values = api["draw"](rng)
     args = {p[0]: values[p[0]] for p in api["params"] if p[0] in values}
+    told = [field for _, field, _, _ in string.Formatter().parse(api["tell"]) if field]
     return {
+        "tool": tool,
+        "api": api["api"],
         "name": function_name(api["api"], tool),
         "args": json.dumps(args, indent=2),
         "out": api["out"].format(**values),
         "obj": {k: v for k, v in values.items() if k not in args} or values,
         "ask": api["ask"].format(**values),
         "tell": api["tell"].format(**values),
+        "facts": [str(values[field]) for field in told if field not in args],
     }
 
 
@@ -325,6 +332,13 @@ def make_query(group: str, qid: int, seed: int) -> dict[str, Any]:
     ]
     relevant = [[tool, api["api"]] for tool, api in picked]
     return {"api_list": api_list, "query": query, "relevant APIs": relevant, "query_id": qid}
+
+
+def reference_steps(group: str, qid: int, seed: int) -> list[dict[str, Any]]:
+    """The calls that answer a toy query of the test-instruction files (its DFS answer's
+    draws), each with ``tool``, ``api``, ``args`` (JSON text), ``out`` (the tool's output) and
+    ``facts``: what lets a benchmark serve the right tool outputs and check a final answer."""
+    return _task(group, qid, False, seed)[3]
 
 
 def make_answer(group: str, qid: int, shape: str, cot: bool, seed: int) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from conftest import SAMPLE
 
 from process_data.protocol import FINISH, function_name
-from process_data.sample_data import main
+from process_data.sample_data import main, reference_steps
 
 
 def test_bundled_sample_is_regenerated_byte_for_byte(tmp_path: Path) -> None:
@@ -46,3 +46,33 @@ def test_the_queries_name_the_functions_of_their_answers() -> None:
             assert query["query"] == generation["query"]
             checked += 1
     assert checked == 18
+
+
+def test_reference_steps_are_the_answers_calls_and_facts() -> None:
+    """``reference_steps`` gives the calls a query's DFS answer makes, their tool outputs, and
+    facts that its final answer states and its query does not (so a benchmark that finds them in
+    an agent's answer knows the tools were called and read)."""
+    checked = 0
+    for file in sorted((SAMPLE / "test_instruction").glob("*_instruction.json")):
+        group = file.name.split("_")[0]
+        for query in json.loads(file.read_text()):
+            qid = query["query_id"]
+            answer = SAMPLE / "answer" / f"{group}_answer" / f"{qid}_ChatGPT_DFS_woFilter_w2.json"
+            generation = json.loads(answer.read_text())["answer_generation"]
+            steps = reference_steps(group, qid, seed=0)
+            messages = generation["train_messages"][-1] if generation["valid_data"] else []
+            calls = [m["function_call"] for m in messages if m.get("function_call")]
+            outputs = [m["content"] for m in messages if m["role"] == "function"]
+            for step in steps:
+                assert step["facts"], step
+                assert not any(fact in query["query"] for fact in step["facts"]), step
+            try:
+                final = json.loads(generation["final_answer"])["final_answer"]
+            except (ValueError, KeyError):
+                continue  # a give-up, or a broken Finish: no answer to check
+            assert [(c["name"], c["arguments"]) for c in calls[-len(steps) - 1 : -1]] == [
+                (s["name"], s["args"]) for s in steps
+            ]
+            assert all(fact in final for s in steps for fact in s["facts"]), final
+            checked += 1
+    assert checked >= 5
