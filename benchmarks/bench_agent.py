@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -175,6 +177,21 @@ def serve(app: FastAPI, what: str):
             raise RuntimeError(f"{what} did not start")
         time.sleep(0.05)
     return server, port
+
+
+@contextlib.contextmanager
+def gguf_judge(work: Path) -> Iterator[tuple[str, str]]:
+    """The default GGUF (SmolLM2-135M-Instruct) on a llama.cpp server, as a ToolEval judge:
+    its API base and model name while the block runs (its log in ``work/judge.log``)."""
+    from GLPFT.models import gguf_path
+    from inference_utils.server_process import ServerProcess
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path())]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "8192", "--n_threads", "2"]
+    url = f"http://127.0.0.1:{port}/v1"
+    with ServerProcess("llama.cpp judge", cmd, f"{url}/models", work / "judge.log"):
+        yield url, gguf_path().name
 
 
 def start_toolserver(work: Path) -> subprocess.Popen:

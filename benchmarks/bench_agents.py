@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import statistics
@@ -48,7 +49,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_agent import DelayedTools, serve, start_toolserver
+from bench_agent import DelayedTools, gguf_judge, serve, start_toolserver
 from bench_prepro import free_port, machine, write_results
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -275,20 +276,11 @@ def pass_rates(runs: dict[str, dict], ids: list[str], args, work: Path) -> dict[
     test_ids = work / "ids"
     test_ids.mkdir(exist_ok=True)
     (test_ids / "G1_instruction.json").write_text(json.dumps(dict.fromkeys(ids, 0)))
-    judge, server = args.judge, None
-    if judge == "gguf":
-        from GLPFT.models import gguf_path
-        from inference_utils.server_process import ServerProcess
-
-        port = free_port()
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path())]
-        cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "8192", "--n_threads", "2"]
-        judge = f"http://127.0.0.1:{port}/v1"
-        server = ServerProcess("llama.cpp judge", cmd, f"{judge}/models", work / "judge.log")
-        server.__enter__()
-        args.judge_model = gguf_path().name
     rates = {}
-    try:
+    with contextlib.ExitStack() as stack:
+        judge = args.judge
+        if judge == "gguf":
+            judge, args.judge_model = stack.enter_context(gguf_judge(work))
         for agent, summary in runs.items():
             method = "LLMCompiler" if agent == "llmcompiler" else "CoT@1"
             folder = work / "converted" / agent
@@ -309,9 +301,6 @@ def pass_rates(runs: dict[str, dict], ids: list[str], args, work: Path) -> dict[
                 raise SystemExit(f"bench_agents: the pass rate of {agent} exited with {code}")
             stem = save / f"G1_instruction_{agent}.summary.json"
             rates[agent] = json.loads(stem.read_text())["pass_rate"]
-    finally:
-        if server is not None:
-            server.__exit__(None, None, None)
     return rates
 
 

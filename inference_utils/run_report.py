@@ -111,12 +111,13 @@ def training(root: Path, charts: Path) -> list[str]:
     header = ["model", "file", "samples", "steps", "first loss", "last loss", "mean loss", "s"]
     lines = _table(header, rows)
     if any(steps for steps, _ in curves.values()):
-        _loss_chart(curves, charts / LOSS_CHART)
+        loss_chart(curves, charts / LOSS_CHART)
         lines += ["", f"![training loss]({LOSS_CHART})"]
     return lines
 
 
-def _loss_chart(curves: dict[str, tuple[list, list]], path: Path) -> None:
+def loss_chart(curves: dict[str, tuple[list, list]], path: Path) -> None:
+    """One line per training: its loss (``curves[name] = (steps, losses)``) over its steps."""
     import matplotlib
 
     matplotlib.use("Agg")
