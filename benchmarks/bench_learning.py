@@ -459,7 +459,9 @@ def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-def report(args, counts: dict, trainings: dict, static: dict, agent: dict, rates: dict) -> str:
+def report(
+    args, counts: dict, trainings: dict, static: dict, agent: dict, rates: dict, bf16: bool
+) -> str:
     train_seconds = sum(t["seconds"] for t in trainings.values())
     lines = [
         SECTION,
@@ -479,6 +481,12 @@ def report(args, counts: dict, trainings: dict, static: dict, agent: dict, rates
         + ", ".join(f"{m} {n}" for m, n in counts["train_samples"].items())
         + ".",
         "",
+        f"Training (`scripts/train_glpft.sh`, one call per model): batch {args.batch}, "
+        f"{'bf16 autocast (this CPU computes bf16)' if bf16 else 'fp32'}, longest sample 1024 "
+        "tokens, cosine schedule with 10% warmup; the backbone's full weights at 1e-4, then "
+        "each role as a LoRA adapter (r=16, every linear layer) at 1e-3. Evaluation: greedy, "
+        f"{'bf16' if bf16 else 'fp32'}, at most 96 new tokens.",
+        "",
         "| training | samples seen | steps | first loss | last loss | seconds |",
         "|---|---:|---:|---:|---:|---:|",
     ]
@@ -495,7 +503,11 @@ def report(args, counts: dict, trainings: dict, static: dict, agent: dict, rates
         f"![training loss]({LOSS_CHART})",
         "",
         "Held-out steps (static evaluation, greedy) and held-out queries (the real-time agent, "
-        "α-UMi's roles, `CoT@1`):",
+        "α-UMi's roles, `CoT@1`); the static evaluation took "
+        + " and ".join(f"{static[k]['seconds']:.0f} s" for k in ("untrained", "trained"))
+        + ", the agent "
+        + " and ".join(f"{agent[k]['seconds']:.0f} s" for k in ("untrained", "trained"))
+        + " (untrained and trained):",
         "",
         "| roles | " + " | ".join(STATIC_METRICS.values())
         + " | correct Finish | Finish | facts found | pass rate | LLM calls/query |",
@@ -646,7 +658,7 @@ def main() -> None:
               for m, t in trainings.items()}  # fmt: skip
     loss_chart(curves, charts / LOSS_CHART)
     chart(static, agent, charts / CHART)
-    text = report(args, counts, trainings, static, agent, rates)
+    text = report(args, counts, trainings, static, agent, rates, bf16)
     print(text)
     if args.write_results:
         write_results(text, SECTION)
