@@ -524,6 +524,7 @@ def report(
         )
     for label in ("untrained", "trained"):
         plans = static[label]["by_plan"]
+        only_calls = all(set(m["predicted_as"]) == {CALL_PLAN} for m in plans.values())
         lines.append(
             f"\nThe {label} planner's decisions, gold → predicted: "
             + "; ".join(
@@ -531,7 +532,12 @@ def report(
                 + ", ".join(f"{k} {v}" for k, v in sorted(m["predicted_as"].items()))
                 for plan, m in plans.items()
             )
-            + "."
+            + (
+                " (an output without a decision is a call, α-UMi's rule, so its Plan ACC is "
+                "the share of gold calls)."
+                if only_calls
+                else "."
+            )
         )
     trained, a = static["trained"], agent["trained"]
     errors = trained["errors"]
