@@ -62,7 +62,6 @@ def test_reference_steps_are_the_answers_calls_and_facts() -> None:
             steps = reference_steps(group, qid, seed=0)
             messages = generation["train_messages"][-1] if generation["valid_data"] else []
             calls = [m["function_call"] for m in messages if m.get("function_call")]
-            outputs = [m["content"] for m in messages if m["role"] == "function"]
             for step in steps:
                 assert step["facts"], step
                 assert not any(fact in query["query"] for fact in step["facts"]), step
