@@ -4,9 +4,10 @@ untrained against trained, on held-out steps and held-out queries.
 Data: ``process_data.sample_data`` writes a training sample (``--train_per_group`` DFS
 answers per group, seed 0) and a held-out one (``--heldout_per_group``, seed 1): the same toy
 tools, new draws (cities, amounts, currencies, the tools' outputs). A held-out query whose text
-is also a training query is dropped with its answer file (the joke tool's one-call query names
-no value, so it always repeats); the counts are reported. ``process_data`` turns the training
-answers into α-UMi's training sets and the held-out answers into stage-2 steps.
+is also a training query is dropped with its answer file (the one-call queries of the joke and
+recipe tools have a handful of wordings, so they repeat); the counts are reported.
+``process_data`` turns the training answers into α-UMi's training sets and the held-out answers
+into stage-2 steps.
 
 Training: ``scripts/train_glpft.sh``, GLPFT's two stages: the backbone on every role's data
 (full weights), then the planner, caller and summarizer as LoRA adapters on it. The optimizer
