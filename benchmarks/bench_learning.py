@@ -470,7 +470,7 @@ def report(
         f"{datetime.date.today()}, {machine()}; CPU only.",
         "",
         "```bash",
-        "python benchmarks/bench_learning.py --write_results",
+        " ".join(["python benchmarks/bench_learning.py", *sys.argv[1:]]),
         "```",
         "",
         f"Data: {counts['train_answers']} training answer files (`sample_data`, "
@@ -626,6 +626,8 @@ def main() -> None:
         steps[name] = int(value)
     if args.smoke:
         steps, args.train_per_group, args.heldout_per_group = SMOKE_STEPS, 4, 4
+    if args.smoke and args.write_results:
+        p.error("--smoke checks that every phase runs; its figures do not go into RESULTS.md")
     if args.judge not in ("gguf", "none") and not args.judge_model:
         p.error("--judge URL needs --judge_model")
     limit = 2 if args.smoke else None
