@@ -255,9 +255,9 @@ def static_eval(work: Path, label: str, bf16: bool, limit: int | None) -> dict:
         (out / "seconds.json").write_text(json.dumps({"seconds": round(seconds, 1)}))
     result = json.loads(metrics.read_text())
     result["seconds"] = json.loads((out / "seconds.json").read_text())["seconds"]
-    result["steps"] = len(json.loads((out / "predictions.json").read_text()))
-    per_step = json.loads((out / "metrics_per_step.json").read_text())
     records = json.loads((out / "predictions.json").read_text())
+    result["steps"] = len(records)
+    per_step = json.loads((out / "metrics_per_step.json").read_text())
     calls_before = [sum(t["from"] == CALLER for t in r["history"]) for r in records]
     gold_calls = [s for s in per_step if s["ref_plan"] == CALL_PLAN]
     blind = [s for s in per_step if s["ref_plan"] == GIVE_UP_PLAN and not calls_before[s["index"]]]
@@ -345,9 +345,10 @@ def score_answers(work: Path, label: str, limit: int | None) -> dict:
     tool answers served in it."""
     rows = []
     served = served_steps(work)
-    for group in sorted({q["group"] for q in heldout_queries(work)}):
+    held_out = heldout_queries(work)
+    for group in sorted({q["group"] for q in held_out}):
         folder = work / "agents" / label / group
-        queries = [q for q in heldout_queries(work) if q["group"] == group]
+        queries = [q for q in held_out if q["group"] == group]
         for q in queries[:limit] if limit else queries:
             facts = [f for step in served[group, q["query_id"]] for f in step["facts"]]
             path = folder / f"{q['query_id']}_CoT@1.json"
@@ -379,7 +380,8 @@ def pass_rates(work: Path, labels: list[str], judge: str, judge_model: str | Non
     from inference_utils.tooleval.convert import convert_dir
     from inference_utils.tooleval.pass_rate import main as pass_rate
 
-    groups = sorted({q["group"] for q in heldout_queries(work)})
+    held_out = heldout_queries(work)
+    groups = sorted({q["group"] for q in held_out})
     ids = work / "tooleval" / "test_ids"
     ids.mkdir(parents=True, exist_ok=True)
     rates = {}
@@ -392,7 +394,7 @@ def pass_rates(work: Path, labels: list[str], judge: str, judge_model: str | Non
             for group in groups:
                 data = convert_dir(work / "agents" / label / group, "CoT@1")
                 (converted / f"{group}_instruction.json").write_text(json.dumps(data))
-                queries = [q["query_id"] for q in heldout_queries(work) if q["group"] == group]
+                queries = [q["query_id"] for q in held_out if q["group"] == group]
                 (ids / f"{group}_instruction.json").write_text(
                     json.dumps(dict.fromkeys(map(str, queries), 0))
                 )
